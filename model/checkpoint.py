@@ -1,0 +1,79 @@
+"""Checkpoints: safetensors of the trained parameters only, with the model config in the file's metadata.
+
+Loading rebuilds the base model from its config (pretrained backbones or seeded random init) and applies the
+stored tensors, so a fine-tune of rsrefseg-b is a few tens of MB instead of the backbones' 4 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from rsrs.model.config import ModelConfig, parse_model_config
+from rsrs.model.errors import CheckpointError
+
+CONFIG_KEY = "rsrs_model_config"
+FORMAT_KEY = "rsrs_checkpoint_format"
+FORMAT = "1"
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (``requires_grad``), detached, keyed by name."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig) -> Path:
+    """Write the trained parameters and ``config`` atomically to ``path`` (a .safetensors file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous().cpu() for k, v in trained_state_dict(model).items()}
+    metadata = {CONFIG_KEY: config.model_dump_json(), FORMAT_KEY: FORMAT}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from None
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(f"{path} has no rsrs model config; was it written by `rsrs train`?")
+    return parse_model_config(json.loads(metadata[CONFIG_KEY]), source=str(path))
+
+
+def apply_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Copy a checkpoint's tensors into ``model``; every stored tensor must match a trained parameter."""
+    params = dict(model.named_parameters())
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        names = list(f.keys())
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise CheckpointError(f"{path} holds tensors the model does not have, e.g. '{unknown[0]}'")
+        missing = [n for n, p in params.items() if p.requires_grad and n not in names]
+        if missing:
+            raise CheckpointError(f"{path} lacks trained parameters of this model, e.g. '{missing[0]}'")
+        with torch.no_grad():
+            for name in names:
+                tensor = f.get_tensor(name)
+                if tensor.shape != params[name].shape:
+                    raise CheckpointError(
+                        f"{path}: '{name}' has shape {tuple(tensor.shape)}, model expects {tuple(params[name].shape)}"
+                    )
+                params[name].copy_(tensor)

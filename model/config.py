@@ -1,0 +1,108 @@
+"""The model configuration: one pydantic document per preset, validated once and handed to the builders.
+
+A config says which backbones to build (their transformers config kwargs, so real-size models can be built at
+random init without a hub), where their pretrained weights come from, and how LoRA and training apply.
+Configs stop at the builder functions (STYLE rule 2): modules receive plain keyword arguments.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rsrs.model.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiglipSpec(_Strict):
+    """SigLIP (image + text) backbone: its transformers config and where its weights come from."""
+
+    pretrained: str | None = Field(
+        None, description="hub id or local directory of a SiglipModel; None builds at random init"
+    )
+    vision: dict[str, Any] = Field(default_factory=dict, description="SiglipVisionConfig kwargs")
+    text: dict[str, Any] = Field(default_factory=dict, description="SiglipTextConfig kwargs")
+    tokenizer: Literal["pretrained", "bytes"] = Field(
+        "pretrained",
+        description="'pretrained' loads SigLIP's tokenizer beside the weights; 'bytes' is UTF-8 bytes",
+    )
+    text_length: int = Field(64, gt=1, description="tokens per query after padding (SigLIP's position limit)")
+
+
+class SamSpec(_Strict):
+    """SAM backbone: transformers SamConfig parts and a hub id, local directory or Meta .pth checkpoint."""
+
+    pretrained: str | None = None
+    vision: dict[str, Any] = Field(default_factory=dict, description="SamVisionConfig kwargs")
+    prompt_encoder: dict[str, Any] = Field(default_factory=dict, description="SamPromptEncoderConfig kwargs")
+    mask_decoder: dict[str, Any] = Field(default_factory=dict, description="SamMaskDecoderConfig kwargs")
+
+
+class PrompterSpec(_Strict):
+    """AttnPrompter settings (paper eq. 3-4); channel width follows SAM's prompt dimension."""
+
+    norm_groups: int = Field(32, gt=0, description="GroupNorm groups (works at batch size 1 and under DDP)")
+
+
+class LoraSpec(_Strict):
+    """LoRA on the backbones (peft); ``r=0`` disables it."""
+
+    r: int = Field(16, ge=0)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Strict):
+    """Everything needed to rebuild one RSRefSeg model; stored inside every checkpoint."""
+
+    name: str
+    description: str = ""
+    architecture: Literal["rsrefseg"] = "rsrefseg"
+    siglip: SiglipSpec
+    sam: SamSpec
+    prompter: PrompterSpec = Field(default_factory=PrompterSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    trainable: Literal["lora", "all"] = Field(
+        "lora",
+        description="'lora': LoRA + prompter + SAM prompt encoder/decoder + SigLIP logit scale/bias (reference); "
+        "'all': every parameter (for models trained from random init, such as 'demo')",
+    )
+    init_seed: int = Field(0, description="seed for random-init weights, so a rebuilt base equals the trained one")
+    checkpoint: str | None = Field(
+        None,
+        description="trained weights applied after building (a preset's shipped file, relative to configs/)",
+    )
+
+
+def presets_dir() -> Path:
+    """The folder of shipped model presets (works after a non-editable install)."""
+    return Path(str(resources.files("rsrs.configs"))) / "models"
+
+
+def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
+    """Validate a config mapping; errors name the source and the field path in one line."""
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"invalid model config {source}: {where}: {first['msg']}") from None
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a model config YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"model config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model config {path} must be a mapping of keys, got {type(data).__name__}")
+    return parse_model_config(data, source=str(path))

@@ -1,0 +1,50 @@
+"""LoRA on the backbones (peft) and the trainable parameter set of RSRefSeg (DESIGN §4).
+
+LoRA goes on SAM's image encoder (``qkv``, ``proj``, ``lin1``, ``lin2``, the neck convolutions) and on SigLIP's
+vision and text attention projections (``q/k/v/out_proj``) and text head. Trained: LoRA, the prompter, SAM's prompt
+encoder (its learned embeddings; the Fourier matrix is a fixed buffer in Meta's SAM) and mask decoder, and SigLIP's
+``logit_scale``/``logit_bias``. Everything else stays frozen.
+"""
+
+from __future__ import annotations
+
+import re
+
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+LORA_TARGETS = "|".join(
+    [
+        r"sam\.vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
+        r"sam\.vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)",
+        r"sam\.vision_encoder\.neck\.conv[12]",
+        r"siglip\.(vision|text)_model\.encoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj",
+        r"siglip\.text_model\.head",
+    ]
+)
+
+_TRAINED_MODULES = re.compile(
+    r"^(prompter\.|sam\.mask_decoder\.|sam\.prompt_encoder\.(?!shared_embedding\.)|siglip\.logit_(scale|bias)$)"
+)
+_LORA_PARAM = re.compile(r"\.lora_(A|B)\.")
+
+
+def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float) -> None:
+    """Inject LoRA adapters in place (after the base weights are loaded); ``r=0`` does nothing."""
+    if r <= 0:
+        return
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none")
+    inject_adapter_in_model(config, model)
+
+
+def is_trained(name: str, *, mode: str) -> bool:
+    """Whether a parameter (by its name in RSRefSeg) is trained under ``mode`` ('lora' or 'all')."""
+    if mode == "all":
+        return True
+    return bool(_LORA_PARAM.search(name) or _TRAINED_MODULES.match(name))
+
+
+def mark_trainable(model: nn.Module, *, mode: str) -> None:
+    """Set ``requires_grad`` on exactly the trained parameter set."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_trained(name, mode=mode))

@@ -1,0 +1,58 @@
+"""Pixel preprocessing for the two image encoders, done in torch so it runs batched on the model's device."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# SAM's ImageNet statistics, for pixels in [0, 1].
+SAM_MEAN = (0.485, 0.456, 0.406)
+SAM_STD = (0.229, 0.224, 0.225)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Images B x 3 x H x W, uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be B x 3 x H x W, got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    return images.float()
+
+
+def sam_pixels(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM input: longest side resized to ``size``, normalised, zero-padded bottom/right to a square.
+
+    images: B x 3 x H x W float in [0, 1] -> (B x 3 x size x size, (h, w) of the resized image inside it)
+    """
+    B, _, H, W = images.shape
+    scale = size / max(H, W)
+    h, w = round(H * scale), round(W * scale)
+    x = images if (h, w) == (H, W) else F.interpolate(images, size=(h, w), mode="bilinear", antialias=True)
+    mean = torch.tensor(SAM_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(SAM_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return F.pad(x, (0, size - w, 0, size - h)), (h, w)
+
+
+def siglip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """SigLIP input: resized to ``size`` x ``size`` and scaled to [-1, 1].
+
+    images: B x 3 x H x W float in [0, 1] -> B x 3 x size x size
+    """
+    H, W = images.shape[-2:]
+    x = images if (H, W) == (size, size) else F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return (x - 0.5) / 0.5
+
+
+def sam_logits_to_input(
+    low_res: torch.Tensor, *, sam_size: int, valid_shape: tuple[int, int], input_shape: tuple[int, int]
+) -> torch.Tensor:
+    """SAM's low-res mask logits back onto the caller's pixels (undo the resize and the padding).
+
+    low_res: P x h' x w' (256 x 256 for SAM) -> P x H x W
+    """
+    h, w = valid_shape
+    x = low_res[:, None]
+    if (h, w) != (sam_size, sam_size):  # crop the padding in SAM's input frame first
+        x = F.interpolate(x, size=(sam_size, sam_size), mode="bilinear", align_corners=False)[..., :h, :w]
+    return F.interpolate(x, size=input_shape, mode="bilinear", align_corners=False)[:, 0]

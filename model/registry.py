@@ -1,0 +1,132 @@
+"""Model presets and the builder: ``list_models``, ``get_model_config``, ``build_model``, ``load_model``.
+
+A model is named by a preset (``configs/models/<name>.yaml``), a model config file, or a checkpoint file (which
+carries its config). Building follows one order: backbones (pretrained or seeded random init) -> prompter ->
+LoRA -> trainable set -> checkpoint tensors -> device/dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
+from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
+from rsrs.model.config import ModelConfig, load_model_config, presets_dir
+from rsrs.model.errors import ConfigError
+from rsrs.model.lora import apply_lora, mark_trainable
+from rsrs.model.prompter import AttnPrompter
+from rsrs.model.rsrefseg import RSRefSeg
+
+
+def list_models() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """The config of a shipped preset."""
+    path = presets_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown model preset '{name}'; choose one of {', '.join(list_models())} (see `rsrs models`)"
+        )
+    return load_model_config(path)
+
+
+def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
+    """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
+    if isinstance(spec, ModelConfig):
+        return spec, None
+    path = Path(spec).expanduser()
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise ConfigError(f"checkpoint {path} does not exist; check the path (relative to {Path.cwd()})")
+        return read_checkpoint_config(path), path
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.exists():
+            raise ConfigError(f"model config {path} does not exist; check the path")
+        return load_model_config(path), None
+    return get_model_config(str(spec)), None
+
+
+def _shipped_checkpoint(config: ModelConfig) -> Path | None:
+    return presets_dir() / config.checkpoint if config.checkpoint else None
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Deterministic random init on ``device`` without disturbing the caller's RNG state."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    device: str | torch.device = "cpu",
+    pretrained: bool = True,
+    weights_dir: str | Path | None = None,
+) -> RSRefSeg:
+    """Construct RSRefSeg from a config, with LoRA and the trainable set applied (no checkpoint tensors).
+
+    ``device="meta"`` builds without memory (for shapes and parameter counts); ``pretrained=False`` builds the
+    backbones at seeded random init instead of loading their weights.
+    """
+    device = torch.device(device)
+    with _seeded(config.init_seed, device), torch.device(device):
+        siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_dir)
+        sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_dir)
+        prompter = AttnPrompter(
+            feature_dim=siglip.config.vision_config.hidden_size,
+            prompt_dim=sam.config.prompt_encoder_config.hidden_size,
+            norm_groups=config.prompter.norm_groups,
+        )
+        tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_dir)
+        model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
+        apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+    mark_trainable(model, mode=config.trainable)
+    return model.to(device)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is visible; use device: auto or cpu")
+    return device
+
+
+def load_model(
+    spec: str | Path | ModelConfig,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    pretrained: bool = True,
+    weights_dir: str | Path | None = None,
+) -> RSRefSeg:
+    """A ready-to-use model in eval mode: preset name, model config path, or checkpoint path.
+
+    ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU.
+    """
+    config, checkpoint = resolve_model_spec(spec)
+    device = resolve_device(device)
+    if device.type == "meta":  # shapes and counts only: nothing to load
+        return build_model(config, device=device, pretrained=False).eval()
+    # Built on CPU so that seeded random init is the same on every machine; then moved.
+    model = build_model(config, device="cpu", pretrained=pretrained, weights_dir=weights_dir)
+    for path in (_shipped_checkpoint(config), checkpoint):
+        if path is not None:
+            apply_checkpoint(model, path)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,70 @@
+"""Text tokenisation to fixed-length ids plus a mask of real (non-padding) tokens.
+
+Real presets use SigLIP's own tokenizer, found beside the pretrained weights. Random-init and demo models use
+a byte-level tokenizer that needs no files, so they work on a machine without any download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """Token ids ``Q x L`` (int64) and ``valid`` ``Q x L`` (bool, True for real tokens incl. end-of-text)."""
+
+    input_ids: torch.Tensor
+    valid: torch.Tensor
+
+
+class Tokenizer(Protocol):
+    """Turns queries into :class:`TokenizedText` of a fixed length."""
+
+    def __call__(self, texts: list[str]) -> TokenizedText: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: 0 = pad, 1 = end of text, 2 = unused, bytes at 3..258 (vocabulary 259)."""
+
+    vocab_size = 259
+    pad_id, eos_id, offset = 0, 1, 3
+
+    def __init__(self, *, length: int) -> None:
+        self.length = length
+
+    def __call__(self, texts: list[str]) -> TokenizedText:
+        rows = [
+            [b + self.offset for b in text.strip().lower().encode("utf-8")][: self.length - 1] + [self.eos_id]
+            for text in texts
+        ]
+        ids = torch.full((len(texts), self.length), self.pad_id, dtype=torch.long)  # Q x L
+        valid = torch.zeros((len(texts), self.length), dtype=torch.bool)  # Q x L
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            valid[i, : len(row)] = True
+        return TokenizedText(input_ids=ids, valid=valid)
+
+
+class PretrainedTokenizer:
+    """SigLIP's tokenizer, padded to ``max_length`` as the model was trained."""
+
+    def __init__(self, path: str | Path, *, length: int) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.length = length
+
+    def __call__(self, texts: list[str]) -> TokenizedText:
+        out = self._tok(
+            [t.strip().lower() for t in texts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.length,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return TokenizedText(input_ids=out["input_ids"], valid=out["attention_mask"].bool())

@@ -1,0 +1,1 @@
+"""rsrs.pipeline: geospatial data in and out (scenes, tiles, pixels, Zarr, polygons, datasets, synthesis)."""
