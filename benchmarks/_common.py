@@ -1,0 +1,46 @@
+"""Shared helpers of the GPU benchmarks: device description and CUDA-synchronised timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def device_info() -> dict:
+    """Name, memory and software of the device the benchmark runs on."""
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info |= {"device": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+    else:
+        info["device"] = "cpu"
+    import transformers
+
+    info["transformers"] = transformers.__version__
+    return info
+
+
+def timed(fn: Callable[[], object], *, warmup: int = 2, iters: int = 5) -> float:
+    """Mean seconds per call of ``fn`` after ``warmup`` calls (synchronising CUDA around each timing)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def write_result(name: str, result: dict) -> None:
+    """Print the result and write it to $OUT (device runs) and benchmarks/results/."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    for folder in filter(None, [os.environ.get("OUT"), str(Path(__file__).parent / "results")]):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(text + "\n")
