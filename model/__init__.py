@@ -3,25 +3,30 @@
 >>> from rsrs.model import load_model
 >>> m = load_model("tiny", device="cpu")
 >>> probs = m.predict(images, ["the red building", "ponds"])  # B x 3 x H x W -> B x Q x H x W
+
+Names are imported on first use, so ``import rsrs.model.errors`` (used by every layer) does not load torch.
 """
 
-from rsrs.model.checkpoint import save_checkpoint
-from rsrs.model.config import ModelConfig
-from rsrs.model.errors import RsrsError
-from rsrs.model.outputs import ImageFeatures, MaskOutput, TextFeatures
-from rsrs.model.registry import build_model, get_model_config, list_models, load_model
-from rsrs.model.rsrefseg import RSRefSeg
+from importlib import import_module
 
-__all__ = [
-    "ImageFeatures",
-    "MaskOutput",
-    "ModelConfig",
-    "RSRefSeg",
-    "RsrsError",
-    "TextFeatures",
-    "build_model",
-    "get_model_config",
-    "list_models",
-    "load_model",
-    "save_checkpoint",
-]
+_EXPORTS = {
+    "save_checkpoint": "rsrs.model.checkpoint",
+    "ModelConfig": "rsrs.model.config",
+    "RsrsError": "rsrs.model.errors",
+    "ImageFeatures": "rsrs.model.outputs",
+    "MaskOutput": "rsrs.model.outputs",
+    "TextFeatures": "rsrs.model.outputs",
+    "build_model": "rsrs.model.registry",
+    "get_model_config": "rsrs.model.registry",
+    "list_models": "rsrs.model.registry",
+    "load_model": "rsrs.model.registry",
+    "resolve_model_spec": "rsrs.model.registry",
+    "RSRefSeg": "rsrs.model.rsrefseg",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rsrs.model' has no attribute {name!r}")

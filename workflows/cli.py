@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -9,9 +10,33 @@ import click
 
 from rsrs.model.errors import RsrsError
 
+# name -> (module:attribute of the Click command, one-line help). Modules load only when their command runs,
+# so `rsrs --help` stays fast (the model stack alone takes seconds to import).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("rsrs.workflows.run:run_command", "Segment a job's queries over GeoTIFF/STAC scenes (Zarr + GeoParquet)."),
+    "models": ("rsrs.workflows.catalog:models_command", "List model presets with backbones, sizes and parameters."),
+}
+
 
 class RsrsGroup(click.Group):
-    """A Click group that turns :class:`RsrsError` into one clear line and exit code 1 (traceback with -v)."""
+    """The ``rsrs`` group: lazily imported commands, and :class:`RsrsError` as one line + exit 1 (trace with -v)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: D102
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:  # noqa: D102
+        if name not in self.commands and name in COMMANDS:
+            module, attr = COMMANDS[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:  # noqa: D102
+        rows = [
+            (name, COMMANDS[name][1] if name in COMMANDS else self.commands[name].get_short_help_str())
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
@@ -46,9 +71,3 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="rsrs")
-
-
-# Commands register themselves here, one line each, from their workflow modules.
-from rsrs.workflows.catalog import models_command  # noqa: E402
-
-cli.add_command(models_command)

@@ -1,0 +1,145 @@
+"""Per-scene probability mosaics in Zarr: ``masks.zarr/<scene_id>/probability`` with dims (query, y, x).
+
+The client creates each scene's group once with xarray (coordinates, CF grid mapping in a ``spatial_ref``
+coordinate, encoding); tasks then write tile cores straight into their own chunks with zarr. A chunk is
+exactly one tile core (see :mod:`rsrs.pipeline.tiling`), so every chunk is written once by one task: no
+locks, no seams, and rewriting a chunk is harmless.
+
+Storage: uint8 with ``scale_factor = 1/254`` and fill value 255, so readers decode float probabilities in
+[0, 1] and NaN where the input had no valid pixels (unwritten chunks, e.g. all-nodata tiles, read as NaN).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from rsrs.model.errors import ConfigError
+from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+
+VARIABLE = "probability"
+FILL = 255
+SCALE = 1 / 254
+_FINGERPRINT_ATTR = "rsrs_fingerprint"
+
+
+def encode_probability(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Quantise probabilities to the stored uint8 form.
+
+    probs: Q x H x W float in [0, 1]; valid: H x W bool. Returns Q x H x W uint8 (FILL where not valid).
+    """
+    Q, H, W = probs.shape
+    assert valid.shape == (H, W), (valid.shape, probs.shape)
+    codes = np.rint(np.clip(probs, 0.0, 1.0) / SCALE).astype(np.uint8)
+    codes[:, ~valid] = FILL
+    return codes
+
+
+def decode_probability(codes: np.ndarray) -> np.ndarray:
+    """The probabilities a CF reader (xarray) decodes from stored ``codes``: float64, NaN at FILL."""
+    return np.where(codes == FILL, np.nan, codes * SCALE)
+
+
+def mosaic_template(
+    grid: RasterGrid, *, query_ids: Sequence[str], query_texts: Sequence[str], chunk_size: int
+) -> xr.Dataset:
+    """A lazy all-NaN dataset with the mosaic's coordinates, grid mapping and encoding (nothing computed)."""
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    ny, nx = grid.shape
+    t = grid.transform
+    # pixel-centre coordinates of a north-up grid (rotated grids keep their transform in spatial_ref)
+    x = t.c + t.a * (np.arange(nx) + 0.5)
+    y = t.f + t.e * (np.arange(ny) + 0.5)
+    Q = len(query_ids)
+    data = da.full((Q, ny, nx), np.nan, chunks=(Q, chunk_size, chunk_size), dtype=np.float32)
+    prob = xr.DataArray(
+        data,
+        dims=("query", "y", "x"),
+        coords={
+            "query": np.array(list(query_ids), dtype=object),
+            "query_text": ("query", np.array(list(query_texts), dtype=object)),
+            "y": y,
+            "x": x,
+        },
+        name=VARIABLE,
+        attrs={"long_name": "probability that the pixel shows what the query describes", "units": "1"},
+    )
+    if grid.crs is not None:
+        prob = prob.rio.write_crs(grid.crs)
+    prob = prob.rio.write_transform(t)  # sets encoding["grid_mapping"] = "spatial_ref"
+    prob.encoding.update(
+        {"dtype": "uint8", "scale_factor": SCALE, "_FillValue": FILL, "fill_value": FILL}
+        | {"chunks": (Q, chunk_size, chunk_size)}
+    )
+    assert prob.encoding.get("grid_mapping") == "spatial_ref"
+    return prob.to_dataset()
+
+
+def create_mosaic(
+    store: Path,
+    scene_id: str,
+    grid: RasterGrid,
+    *,
+    query_ids: Sequence[str],
+    query_texts: Sequence[str],
+    chunk_size: int,
+    fingerprint: str,
+) -> bool:
+    """Create the scene's group unless a compatible one exists; True when created.
+
+    ``fingerprint`` names everything that decides the chunk contents (model, queries, tiling, threshold).
+    A group with another fingerprint belongs to a different job: raise rather than mix the two.
+    """
+    existing = _fingerprint(store, scene_id)
+    if existing == fingerprint:
+        return False
+    if existing is not None:
+        raise ConfigError(
+            f"{store}/{scene_id} was written by a different job (model, queries, tiling or threshold "
+            "changed); rerun with --overwrite or choose another output.dir"
+        )
+    ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
+    ds.attrs[_FINGERPRINT_ATTR] = fingerprint
+    with warnings.catch_warnings():
+        # zarr-python warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The data type", category=UserWarning)
+        ds.to_zarr(store, group=scene_id, mode="w", compute=False)
+    return True
+
+
+def _fingerprint(store: Path, scene_id: str) -> str | None:
+    """The fingerprint of an existing scene group, or None when there is none (or it is incomplete)."""
+    try:
+        group = zarr.open_group(store, path=scene_id, mode="r")
+    except (FileNotFoundError, zarr.errors.ContainsArrayError):
+        return None
+    if VARIABLE not in group:
+        return None
+    return group.attrs.get(_FINGERPRINT_ATTR)
+
+
+def write_core(store: Path, scene_id: str, core: PixelWindow, codes: np.ndarray) -> None:
+    """Write one tile core (its own whole chunk) into the scene's mosaic.
+
+    codes: Q x core.height x core.width uint8, from :func:`encode_probability`.
+    """
+    array = zarr.open_array(store, path=f"{scene_id}/{VARIABLE}", mode="r+")
+    Q, H, W = codes.shape
+    assert (H, W) == core.shape and Q == array.shape[0], (codes.shape, core, array.shape)
+    rows, cols = core.slices()
+    array[:, rows, cols] = codes
+
+
+def open_mosaic(store: Path, scene_id: str) -> xr.Dataset:
+    """Open a scene's mosaic lazily, with its CRS and transform decoded (``.rio.crs``, ``.rio.transform()``)."""
+    import rioxarray  # noqa: F401
+
+    return xr.open_zarr(store, group=scene_id, decode_coords="all")

@@ -1,0 +1,294 @@
+"""Polygons from probability tiles: polygonise each core, merge objects cut by core borders, write GeoParquet.
+
+Tasks polygonise their tile cores in the scene's *pixel* frame (integer vertex coordinates), so polygons of
+neighbouring cores share exactly equal edges and merge without slivers; the client maps merged polygons to
+the scene CRS with its affine transform, measures them and reprojects them to the output CRS.
+Each polygon carries the sum of probabilities and the pixel count inside it, so merged scores are exact
+area-weighted means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from affine import Affine
+from pyproj import CRS
+from rasterio import features
+
+from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+
+COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
+
+
+@dataclass(frozen=True)
+class TilePolygons:
+    """Objects found in one tile core, in scene pixel coordinates (x = column, y = row).
+
+    All arrays have one entry per polygon: ``query`` (index into the job's queries), ``geometry``
+    (shapely polygons), ``prob_sum`` (sum of probabilities inside), ``n_pixels`` and ``on_edge`` (touches an
+    internal core border, i.e. may continue in a neighbouring tile). ``skipped``: the tile had no valid pixels.
+    """
+
+    key: str
+    query: np.ndarray
+    geometry: np.ndarray
+    prob_sum: np.ndarray
+    n_pixels: np.ndarray
+    on_edge: np.ndarray
+    skipped: bool = False
+
+    @classmethod
+    def empty(cls, key: str, *, skipped: bool = False) -> TilePolygons:
+        """A tile with no objects."""
+        return cls(
+            key=key,
+            query=np.zeros(0, np.int32),
+            geometry=_objects([]),
+            prob_sum=np.zeros(0, np.float64),
+            n_pixels=np.zeros(0, np.int64),
+            on_edge=np.zeros(0, bool),
+            skipped=skipped,
+        )
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+
+def polygonise_core(
+    probs: np.ndarray,
+    valid: np.ndarray,
+    *,
+    key: str,
+    core: PixelWindow,
+    scene_shape: tuple[int, int],
+    threshold: float,
+) -> TilePolygons:
+    """Polygons of ``p > threshold`` within the valid pixels of one core.
+
+    probs: Q x H x W float probabilities of the core; valid: H x W bool; core: the core's window in the scene
+    (H x W). Regions are 4-connected (as ``rasterio.features.shapes``), so diagonal neighbours are separate.
+    """
+    Q, H, W = probs.shape
+    assert valid.shape == (H, W) == core.shape, (probs.shape, valid.shape, core)
+    to_scene_px = Affine.translation(core.col_off, core.row_off)  # core px -> scene px, exact integers
+    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    for q in range(Q):
+        mask = (probs[q] > threshold) & valid  # H x W
+        if not mask.any():
+            continue
+        geoms = [
+            shapely.geometry.shape(g)
+            for g, _ in features.shapes(mask.view(np.uint8), mask=mask, connectivity=4, transform=to_scene_px)
+        ]
+        # label each region by its polygon to sum probabilities inside it (pixel centres fall strictly inside)
+        labels = features.rasterize(
+            zip(geoms, range(1, len(geoms) + 1), strict=True),
+            out_shape=(H, W),
+            transform=to_scene_px,
+            dtype=np.int32,
+        )
+        n = len(geoms) + 1
+        prob_sum = np.bincount(labels.ravel(), weights=probs[q].ravel().astype(np.float64), minlength=n)[1:]
+        n_pixels = np.bincount(labels.ravel(), minlength=n)[1:]
+        parts.append((q, _objects(geoms), prob_sum, n_pixels))
+    if not parts:
+        return TilePolygons.empty(key)
+    geometry = np.concatenate([p[1] for p in parts])
+    return TilePolygons(
+        key=key,
+        query=np.concatenate([np.full(len(p[1]), p[0], np.int32) for p in parts]),
+        geometry=geometry,
+        prob_sum=np.concatenate([p[2] for p in parts]),
+        n_pixels=np.concatenate([p[3] for p in parts]).astype(np.int64),
+        on_edge=_touches_internal_border(geometry, core, scene_shape),
+    )
+
+
+def _objects(items: Sequence[object]) -> np.ndarray:
+    """A 1-D object array of ``items`` (numpy never looks inside them)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _touches_internal_border(geoms: np.ndarray, core: PixelWindow, scene_shape: tuple[int, int]) -> np.ndarray:
+    """True for polygons whose pixels reach a core side that another core lies beyond."""
+    ny, nx = scene_shape
+    minx, miny, maxx, maxy = shapely.bounds(geoms).T
+    return (
+        ((minx == core.col_off) & (core.col_off > 0))
+        | ((miny == core.row_off) & (core.row_off > 0))
+        | ((maxx == core.col_end) & (core.col_end < nx))
+        | ((maxy == core.row_end) & (core.row_end < ny))
+    )
+
+
+def merge_tiles(tiles: Sequence[TilePolygons]) -> TilePolygons:
+    """Merge, per query, polygons of neighbouring cores that share a border segment into one polygon.
+
+    Input order decides output order (and vertex order), so the same tiles in the same order always give
+    the same result. Corner-only contacts are not merged (as within a tile, regions are 4-connected).
+    """
+    query = np.concatenate([t.query for t in tiles]) if tiles else np.zeros(0, np.int32)
+    if len(query) == 0:
+        return TilePolygons.empty("merged")
+    geometry = np.concatenate([t.geometry for t in tiles])
+    prob_sum = np.concatenate([t.prob_sum for t in tiles])
+    n_pixels = np.concatenate([t.n_pixels for t in tiles])
+    on_edge = np.concatenate([t.on_edge for t in tiles])
+
+    parent = np.arange(len(query))  # union-find over polygon indexes
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    edge_idx = np.flatnonzero(on_edge)
+    if len(edge_idx):
+        tree = shapely.STRtree(geometry[edge_idx])
+        a, b = tree.query(geometry[edge_idx], predicate="intersects")
+        keep = (a < b) & (query[edge_idx[a]] == query[edge_idx[b]])
+        a, b = edge_idx[a[keep]], edge_idx[b[keep]]
+        shared = shapely.length(shapely.intersection(geometry[a], geometry[b])) > 0
+        for i, j in zip(a[shared], b[shared], strict=True):
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+
+    roots = np.arange(len(query))
+    roots[edge_idx] = [find(i) for i in edge_idx]  # a root is its group's first member
+    order, counts = np.unique(roots, return_counts=True)
+    merged_geoms = geometry[order]
+    if (counts > 1).any():
+        members = np.split(np.argsort(roots, kind="stable"), np.cumsum(counts)[:-1])
+        for k in np.flatnonzero(counts > 1):
+            merged_geoms[k] = shapely.union_all(geometry[members[k]])
+    return TilePolygons(
+        key="merged",
+        query=query[order],
+        geometry=merged_geoms,
+        prob_sum=np.bincount(roots, weights=prob_sum)[order],
+        n_pixels=np.bincount(roots, weights=n_pixels)[order].astype(np.int64),
+        on_edge=np.zeros(len(order), bool),
+    )
+
+
+def polygon_frame(
+    merged: TilePolygons,
+    *,
+    scene_id: str,
+    grid: RasterGrid,
+    query_ids: Sequence[str],
+    query_texts: Sequence[str],
+    min_area_m2: float,
+    vector_crs: str,
+) -> gpd.GeoDataFrame:
+    """The output rows of one scene: geometry in ``vector_crs``, ``area_m2`` measured in the scene CRS."""
+    t = grid.transform
+    scene_geoms = shapely.transform(
+        merged.geometry, lambda xy: np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c,
+                                                     t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
+    )  # fmt: skip
+    area = area_m2(scene_geoms, grid.crs)
+    keep = area >= min_area_m2
+    q = merged.query[keep]
+    frame = gpd.GeoDataFrame(
+        {
+            "scene_id": np.full(int(keep.sum()), scene_id, dtype=object),
+            "query_id": np.asarray(query_ids, dtype=object)[q],
+            "query": np.asarray(query_texts, dtype=object)[q],
+            "score": (merged.prob_sum[keep] / merged.n_pixels[keep]).astype(np.float64),
+            "area_m2": area[keep],
+        },
+        geometry=gpd.GeoSeries(scene_geoms[keep], crs=grid.crs),
+    )
+    return frame.to_crs(vector_crs)
+
+
+def area_m2(geoms: np.ndarray, crs: str | None) -> np.ndarray:
+    """Areas in square metres: planar in a projected CRS (scaled by its unit), geodesic in a geographic one.
+
+    Without a CRS the pixel-space area is meaningless as m², so it is NaN.
+    """
+    if crs is None:
+        return np.full(len(geoms), np.nan)
+    crs_obj = CRS.from_user_input(crs)
+    if crs_obj.is_geographic:
+        geod = crs_obj.get_geod()
+        assert geod is not None
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+    metres = crs_obj.axis_info[0].unit_conversion_factor
+    return shapely.area(geoms) * metres**2
+
+
+def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
+    """A frame with the output columns and no rows (so an empty run still writes a valid file)."""
+    return gpd.GeoDataFrame(
+        {c: np.zeros(0, dtype=object if c in ("scene_id", "query_id", "query") else np.float64)
+         for c in COLUMNS[:-1]},
+        geometry=gpd.GeoSeries([], crs=vector_crs),
+    )  # fmt: skip
+
+
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    Readers therefore see the old file or the new one, never a half-written file under the final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
+    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically."""
+    with atomic_target(path) as tmp:
+        frame.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+
+
+def save_tile(tile: TilePolygons, path: Path) -> None:
+    """Store a tile's polygons (pixel frame, WKB) atomically; its presence marks the tile as done."""
+    table = pa.table(
+        {
+            "query": pa.array(tile.query, pa.int32()),
+            "geometry": pa.array(shapely.to_wkb(tile.geometry).tolist() if len(tile) else [], pa.binary()),
+            "prob_sum": pa.array(tile.prob_sum, pa.float64()),
+            "n_pixels": pa.array(tile.n_pixels, pa.int64()),
+            "on_edge": pa.array(tile.on_edge, pa.bool_()),
+        }
+    ).replace_schema_metadata({"rsrs_tile": json.dumps({"key": tile.key, "skipped": tile.skipped})})
+    with atomic_target(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def load_tile(path: Path) -> TilePolygons:
+    """Read back what :func:`save_tile` stored."""
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"rsrs_tile"])
+    cols = table.to_pydict()
+    return TilePolygons(
+        key=meta["key"],
+        query=np.asarray(cols["query"], np.int32),
+        geometry=_objects(list(shapely.from_wkb(cols["geometry"]))),
+        prob_sum=np.asarray(cols["prob_sum"], np.float64),
+        n_pixels=np.asarray(cols["n_pixels"], np.int64),
+        on_edge=np.asarray(cols["on_edge"], bool),
+        skipped=meta["skipped"],
+    )

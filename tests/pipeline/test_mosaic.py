@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+from rsrs.model.errors import ConfigError
+from rsrs.pipeline.geometry import RasterGrid
+from rsrs.pipeline.mosaic import create_mosaic, decode_probability, encode_probability, open_mosaic, write_core
+from rsrs.pipeline.tiling import plan_tiles
+
+GRID = RasterGrid(shape=(150, 110), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0), crs="EPSG:32614")
+
+
+def _field(seed: int, shape: tuple[int, int], q: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).random((q, *shape), dtype=np.float32)
+
+
+def _create(store, grid=GRID, fingerprint="f1"):
+    return create_mosaic(
+        store, "s1", grid, query_ids=["a", "b"], query_texts=["an a", "a b"], chunk_size=32, fingerprint=fingerprint
+    )
+
+
+def test_mosaic_decodes_the_written_cores_with_nan_where_invalid(tmp_path):
+    store = tmp_path / "masks.zarr"
+    assert _create(store)
+    truth = _field(0, GRID.shape)  # (Q, ny, nx)
+    valid = np.ones(GRID.shape, bool)
+    valid[:, :20] = False
+    tiles = plan_tiles(GRID, tile_size=48, overlap=8)
+    for tile in tiles:
+        rows, cols = tile.core.slices()
+        write_core(store, "s1", tile.core, encode_probability(truth[:, rows, cols], valid[rows, cols]))
+    prob = open_mosaic(store, "s1")["probability"].values  # (Q, ny, nx)
+    assert prob.shape == (2, *GRID.shape)
+    assert np.isnan(prob[:, ~valid]).all()
+    np.testing.assert_allclose(prob[:, valid], truth[:, valid], atol=0.5 / 254 + 1e-6)
+
+
+def test_unwritten_chunks_read_as_nan(tmp_path):
+    store = tmp_path / "masks.zarr"
+    _create(store)
+    assert np.isnan(open_mosaic(store, "s1")["probability"].values).all()
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32614", "EPSG:3857", "EPSG:4326"])
+def test_crs_and_transform_round_trip_through_xarray_and_rioxarray(tmp_path, crs):
+    grid = RasterGrid(shape=GRID.shape, transform=Affine(0.25, 0, 12.5, 0, -0.125, 48.0), crs=crs)
+    store = tmp_path / "masks.zarr"
+    _create(store, grid)
+    ds = open_mosaic(store, "s1")
+    assert ds["probability"].rio.crs == CRS.from_user_input(crs)
+    assert ds["probability"].rio.transform().almost_equals(grid.transform, precision=1e-12)
+    assert list(ds["query"].values) == ["a", "b"]
+    assert list(ds["query_text"].values) == ["an a", "a b"]
+
+
+def test_encoding_is_uint8_with_scale_and_fill(tmp_path):
+    store = tmp_path / "masks.zarr"
+    _create(store)
+    enc = open_mosaic(store, "s1")["probability"].encoding
+    assert enc["dtype"] == np.uint8 and enc["_FillValue"] == 255
+    assert enc["grid_mapping"] == "spatial_ref"
+    codes = encode_probability(np.array([[[0.0, 1.0, 0.5]]]), np.array([[True, True, False]]))
+    assert codes.tolist() == [[[0, 254, 255]]]
+    assert np.isnan(decode_probability(codes)[0, 0, 2]) and decode_probability(codes)[0, 0, 1] == 1.0
+
+
+def test_existing_group_is_kept_for_resume_and_rejected_for_another_job(tmp_path):
+    store = tmp_path / "masks.zarr"
+    assert _create(store)
+    core = plan_tiles(GRID, tile_size=32, overlap=0).tile(0, 0).core
+    write_core(store, "s1", core, np.full((2, 32, 32), 7, np.uint8))
+    assert not _create(store)  # same fingerprint: kept, chunk survives
+    assert (open_mosaic(store, "s1")["probability"].values[:, :32, :32] == 7 / 254).all()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        _create(store, fingerprint="other")

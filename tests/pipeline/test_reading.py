@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import rasterio
+
+from rsrs.pipeline.geometry import PixelWindow
+from rsrs.pipeline.reading import read_tile
+from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
+from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
+from tests.rasters import invalid_region, write_band_files, write_geotiff
+from tests.servers import range_file_server
+
+
+def _expected(path, window: PixelWindow):
+    """Plain rasterio read of a window inside the raster: RGB values and the dataset mask."""
+    with rasterio.open(path) as ds:
+        win = ((window.row_off, window.row_end), (window.col_off, window.col_end))
+        return ds.read([1, 2, 3], window=win), ds.dataset_mask(window=win) > 0
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"nodata": 0}, {"alpha": True}, {"mask": True}])
+def test_uint8_tile_equals_source_pixels_and_mask(tmp_path, kwargs):
+    path = write_geotiff(tmp_path / "a.tif", shape=(200, 240), **kwargs)
+    window = PixelWindow(20, 10, 100, 120)
+    rgb, valid = read_tile(scene_from_raster(str(path)), window)
+    values, mask = _expected(path, window)
+    assert rgb.shape == (3, 100, 120) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(valid, mask)
+    np.testing.assert_array_equal(rgb, np.where(mask, values, 0))
+    if kwargs:
+        np.testing.assert_array_equal(~valid, invalid_region((200, 240))[20:120, 10:130])
+
+
+def test_read_is_boundless_outside_the_scene(tmp_path):
+    path = write_geotiff(tmp_path / "a.tif", shape=(50, 60))
+    scene = scene_from_raster(str(path))
+    rgb, valid = read_tile(scene, PixelWindow(-10, 40, 80, 40))  # passes the top, bottom and right edges
+    assert valid.shape == (80, 40)
+    assert valid[10:60, 0:20].all()
+    assert not valid[:10].any() and not valid[60:].any() and not valid[:, 20:].any()
+    assert (rgb[:, ~valid] == 0).all()
+    values, _ = _expected(path, PixelWindow(0, 40, 50, 20))
+    np.testing.assert_array_equal(rgb[:, 10:60, 0:20], values)
+
+
+def test_window_entirely_outside_is_all_invalid(tmp_path):
+    scene = scene_from_raster(str(write_geotiff(tmp_path / "a.tif", shape=(50, 60))))
+    rgb, valid = read_tile(scene, PixelWindow(100, 100, 16, 16))
+    assert not valid.any() and not rgb.any()
+
+
+def test_uint16_is_stretched_with_the_scene_scaling(tmp_path):
+    path = write_geotiff(tmp_path / "a.tif", dtype="uint16", shape=(128, 128), nodata=0)
+    scene = scene_from_raster(str(path))
+    window = PixelWindow(0, 0, 128, 128)
+    rgb, valid = read_tile(scene, window)
+    with rasterio.open(path) as ds:
+        raw = ds.read([1, 2, 3])
+    np.testing.assert_array_equal(rgb[:, valid], apply_scaling(raw, scene.scaling)[:, valid])
+    assert rgb[:, valid].min() == 0 and rgb[:, valid].max() == 255  # 2-98 % stretch saturates the tails
+
+
+def test_same_scaling_for_every_tile_of_a_scene(tmp_path):
+    path = write_geotiff(tmp_path / "a.tif", dtype="uint16", shape=(128, 128))
+    scene = scene_from_raster(str(path))
+    whole, _ = read_tile(scene, PixelWindow(0, 0, 128, 128))
+    part, _ = read_tile(scene, PixelWindow(64, 64, 64, 64))
+    np.testing.assert_array_equal(whole[:, 64:, 64:], part)
+
+
+def test_float_range_scaling(tmp_path):
+    path = write_geotiff(tmp_path / "f.tif", dtype="float32", count=1, shape=(32, 32))
+    scene = scene_from_raster(str(path), scaling=ScalingSpec(method="range", value_range=(0.0, 1.0)))
+    rgb, valid = read_tile(scene, PixelWindow(0, 0, 32, 32))
+    with rasterio.open(path) as ds:
+        expected = np.rint(np.clip(ds.read(1), 0, 1) * 255).astype(np.uint8)
+    assert valid.all()
+    for band in rgb:  # one band, repeated as R, G, B
+        np.testing.assert_array_equal(band, expected)
+
+
+def test_coarser_band_is_resampled_onto_the_scene_grid(tmp_path):
+    b04, b03, b02 = write_band_files(tmp_path, shape=(64, 64), res=10.0)  # B03 is 32 x 32 at 20 m
+    scene = scene_from_sources(
+        "s2", [BandSource(str(p), 1) for p in (b04, b03, b02)], scaling=ScalingSpec(), source="test"
+    )
+    rgb, valid = read_tile(scene, PixelWindow(-8, -8, 80, 80))
+    assert valid[8:72, 8:72].all() and not valid[:8].any()
+    with rasterio.open(b04) as ds:
+        np.testing.assert_array_equal(rgb[0, 8:72, 8:72], ds.read(1))
+    with rasterio.open(b03) as ds:
+        coarse = ds.read(1).astype(float)
+    upsampled = rgb[1, 8:72, 8:72].astype(float)
+    # each 20 m pixel covers 2 x 2 scene pixels; their mean stays close to the coarse value
+    block_means = upsampled.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    assert np.abs(block_means[2:-2, 2:-2] - coarse[2:-2, 2:-2]).mean() < 20
+
+
+def test_reading_a_cog_over_http_equals_reading_the_file(tmp_path):
+    path = write_geotiff(tmp_path / "cog.tif", shape=(300, 300), overviews=True, mask=True)
+    window = PixelWindow(100, 150, 256, 256)
+    local = read_tile(scene_from_raster(str(path)), window)
+    with range_file_server(tmp_path) as url:
+        remote = read_tile(scene_from_raster(f"{url}/cog.tif"), window)
+    np.testing.assert_array_equal(remote[0], local[0])
+    np.testing.assert_array_equal(remote[1], local[1])

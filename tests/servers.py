@@ -1,0 +1,166 @@
+"""Local servers for tests, all on 127.0.0.1: static files with HTTP Range, a failing server, a STAC API.
+
+GDAL reads COGs over ``/vsicurl/`` with Range requests; the standard library's file server ignores
+``Range`` (answers 200 with the whole file), so :class:`RangeRequestHandler` adds 206 partial responses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class RangeRequestHandler(SimpleHTTPRequestHandler):
+    """Serves files from a folder, honouring single ``Range: bytes=a-b`` requests with 206 responses."""
+
+    def log_message(self, format: str, *args) -> None:  # quiet test output
+        pass
+
+    def end_headers(self) -> None:
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def do_GET(self) -> None:
+        match = _RANGE.match(self.headers.get("Range", "").strip())
+        path = Path(self.translate_path(self.path))
+        if match is None or not path.is_file():
+            return super().do_GET()
+        size = path.stat().st_size
+        first, last = match.groups()
+        if first == "":  # suffix range: the last N bytes
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        if start >= size or start > end:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        with path.open("rb") as f:
+            f.seek(start)
+            self.wfile.write(f.read(end - start + 1))
+
+
+class _ErrorHandler(BaseHTTPRequestHandler):
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b'{"code": "ServerError", "description": "broken on purpose"}'
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+
+def _handler(kind: str, arg: str):
+    if kind == "files":
+        return functools.partial(RangeRequestHandler, directory=arg)
+    return type("Handler", (_ErrorHandler,), {"status": HTTPStatus(int(arg))})
+
+
+@contextmanager
+def _serve(kind: str, arg: str) -> Iterator[str]:
+    """Run a server in a child process and yield its URL.
+
+    A child process, not a thread: GDAL holds the GIL while it fetches, so a server thread in the test
+    process could never answer it.
+    """
+    proc = subprocess.Popen([sys.executable, __file__, kind, arg], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+@contextmanager
+def range_file_server(root: str | Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP with Range support; yields the base URL (no trailing slash)."""
+    with _serve("files", str(root)) as url:
+        yield url
+
+
+@contextmanager
+def error_server(status: int = 500) -> Iterator[str]:
+    """A server answering every request with ``status`` and a JSON body; yields its URL."""
+    with _serve("status", str(status)) as url:
+        yield url
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rustac_available() -> bool:
+    """True when the ``rustac`` command (``pip install rustac``) is on PATH."""
+    return shutil.which("rustac") is not None
+
+
+@contextmanager
+def rustac_api(items_path: str | Path, *, timeout_s: float = 30.0) -> Iterator[str]:
+    """Run ``rustac serve ITEMS --addr 127.0.0.1:PORT`` (in-memory STAC API); yields its URL once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        ["rustac", "serve", str(items_path), "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"},
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"rustac serve exited: {proc.stderr.read().decode(errors='replace')[-500:]}")
+            try:
+                if requests.get(f"{url}/collections", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rustac serve did not answer on {url} within {timeout_s:.0f} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":  # python servers.py files ROOT | status CODE: serve, print the port first
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sys.argv[1], sys.argv[2]))
+    print(server.server_address[1], flush=True)
+    server.serve_forever()

@@ -1,0 +1,54 @@
+"""The cluster helpers of `rsrs run`: bounded submission and the model resident per worker."""
+
+import pytest
+from distributed import Client, LocalCluster
+
+from rsrs.pipeline.infer import ModelRef, resident_model
+from rsrs.workflows.cluster import bounded_map, load_models, uses_gpus
+
+TINY = ModelRef(source="tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_bounded_map_never_has_more_than_the_limit_in_flight(client):
+    consumed = []
+
+    def items():
+        for i in range(20):
+            consumed.append(i)
+            yield i
+
+    seen = []
+    for item, result in bounded_map(client, _square, items(), max_in_flight=3):
+        assert len(consumed) - len(seen) <= 3
+        seen.append(item)
+        assert result == item * item
+    assert sorted(seen) == list(range(20))
+
+
+def test_bounded_map_returns_task_errors_instead_of_raising(client):
+    outcomes = dict(bounded_map(client, _square, ["a", 2], max_in_flight=2))
+    assert isinstance(outcomes["a"], TypeError) and outcomes[2] == 4
+
+
+def _model_identity(_: int) -> int:
+    model, _text = resident_model(TINY, ("ponds",))
+    return id(model)
+
+
+def test_model_is_loaded_once_and_reused_by_every_task(client):
+    load_models(client, TINY, ("ponds",), local=True)
+    preloaded = id(resident_model(TINY, ("ponds",))[0])  # in-process workers share this process's cache
+    ids = {r for _, r in bounded_map(client, _model_identity, range(6), max_in_flight=4)}
+    assert ids == {preloaded}
+    assert not uses_gpus(client)

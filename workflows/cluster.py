@@ -1,0 +1,154 @@
+"""The Dask cluster of ``rsrs run``: connect or start one, keep the model resident, bound tasks in flight.
+
+- ``compute.scheduler`` (or ``--scheduler``) connects to an existing cluster; otherwise a ``LocalCluster``
+  of ``compute.n_workers`` single-threaded worker processes starts, or dask-cuda's ``LocalCUDACluster``
+  (one worker per GPU) when it is installed and GPUs are present.
+- :class:`ResidentModelPlugin` loads the model once per worker when the worker joins (tasks then find it
+  in :func:`rsrs.pipeline.infer.resident_model`'s per-process cache); tasks carry only small specs.
+- On GPU clusters every worker offers one ``GPU`` resource and every task asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+
+from rsrs.model.errors import RsrsError
+from rsrs.pipeline.infer import ModelRef, resident_model
+from rsrs.workflows.job import Compute
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ClusterError(RsrsError, ConnectionError):
+    """The Dask scheduler cannot be reached, or its workers cannot run the job."""
+
+
+def visible_gpus() -> int:
+    """How many CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _local_cluster(compute: Compute) -> LocalCluster:
+    """A local cluster sized from ``compute``: GPU workers when GPUs are wanted and present, else CPU."""
+    gpus = visible_gpus() if compute.gpus_per_worker != 0 else 0
+    if gpus:
+        n_workers = min(compute.n_workers, gpus)
+        if importlib.util.find_spec("dask_cuda") is not None:
+            from dask_cuda import LocalCUDACluster
+
+            log.info("starting LocalCUDACluster with %d GPU workers", n_workers)
+            return LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, resources={"GPU": 1})
+        log.info("dask-cuda not installed: LocalCluster of %d GPU workers, pinned by worker name", n_workers)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, resources={"GPU": 1})
+    log.info("starting LocalCluster with %d CPU workers", compute.n_workers)
+    return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True)
+
+
+@contextmanager
+def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[Client]:
+    """A client of the cluster the job asks for, closed (and a local cluster shut down) on exit."""
+    address = scheduler or compute.scheduler
+    if address:
+        try:
+            client = Client(address, timeout="15s")
+        except (OSError, TimeoutError) as err:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {address} ({err}); check the address, or leave "
+                "compute.scheduler empty to start a local cluster"
+            ) from None
+        with client:
+            yield client
+        return
+    with _local_cluster(compute) as cluster, Client(cluster) as client:
+        yield client
+
+
+def uses_gpus(client: Client) -> bool:
+    """True when the cluster's workers offer a ``GPU`` resource (tasks must then ask for one)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return any(w.get("resources", {}).get("GPU") for w in workers)
+
+
+class ResidentModelPlugin(WorkerPlugin):
+    """Loads the job's model (and encodes its queries) once on every worker, as it joins the cluster.
+
+    ``torch_threads`` sets torch's intra-op threads (Dask's nanny starts workers with OMP_NUM_THREADS=1);
+    None leaves the worker's setting. On a worker seeing several GPUs, the worker's integer name picks one.
+    """
+
+    name = "rsrs-resident-model"
+
+    def __init__(self, model: ModelRef, query_texts: tuple[str, ...], *, torch_threads: int | None) -> None:
+        self.model = model
+        self.query_texts = query_texts
+        self.torch_threads = torch_threads
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        if self.model.device != "cpu" and torch.cuda.device_count() > 1 and isinstance(worker.name, int):
+            torch.cuda.set_device(worker.name % torch.cuda.device_count())
+        resident_model(self.model, self.query_texts)
+
+
+def load_models(client: Client, model: ModelRef, query_texts: tuple[str, ...], *, local: bool) -> None:
+    """Register :class:`ResidentModelPlugin` (blocks until every current worker has loaded the model)."""
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    threads = max(1, (os.cpu_count() or 1) // n_workers) if local else None
+    responses = client.register_plugin(ResidentModelPlugin(model, query_texts, torch_threads=threads))
+    errors = [r for r in (responses or {}).values() if isinstance(r, dict) and r.get("status") == "error"]
+    if errors:
+        raise ClusterError(f"workers could not load model {model.source!r}: {errors[0].get('exception')}")
+
+
+def bounded_map(
+    client: Client,
+    func: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    max_in_flight: int,
+    resources: dict[str, float] | None = None,
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Submit ``func(item)`` lazily, at most ``max_in_flight`` at once; yield (item, result or error) as done.
+
+    ``items`` is consumed only as slots free up, so a generator may skip work based on earlier results.
+    """
+    items = iter(items)
+    pending: dict[Any, T] = {}
+
+    def submit_next() -> bool:
+        item = next(items, None)
+        if item is None:
+            return False
+        future = client.submit(func, item, pure=False, resources=resources)
+        pending[future.key] = item
+        done.add(future)
+        return True
+
+    done = as_completed()
+    for _ in range(max_in_flight):
+        if not submit_next():
+            break
+    for future in done:
+        item = pending.pop(future.key)
+        try:
+            outcome: R | BaseException = future.result()
+        except Exception as err:  # the task's own error, or a cancellation (e.g. workers lost)
+            outcome = err
+        future.release()
+        yield item, outcome
+        submit_next()

@@ -1,0 +1,391 @@
+"""The job file of ``rsrs run``: a pydantic schema for every key, and loading with one-line errors.
+
+Unknown keys are errors that name the key and the nearest valid one; relative paths resolve against the
+job file's folder, so a job runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pyproj
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rsrs.model.errors import ConfigError
+from rsrs.pipeline.scaling import ScalingSpec
+
+#: The model used when a job names none.
+DEFAULT_PRESET = "rsrefseg-b"
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^/vsi", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    """Base of every job section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: str | None, info: ValidationInfo) -> str | None:
+    """``value`` made absolute against the job file's folder, unless it is a URL or already absolute."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None or _URL.match(value) or Path(value).is_absolute():
+        return value
+    return os.path.normpath(Path(base) / value)
+
+
+BandList = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)]
+
+
+def _check_band_count(bands: list[int] | None) -> list[int] | None:
+    if bands is not None and len(bands) not in (1, 3):
+        raise ValueError(f"give 1 band (used as grey) or 3 (R, G, B), got {len(bands)}")
+    return bands
+
+
+class Scaling(_Strict):
+    """How raw values map to 0..255: ``auto`` (default), ``percentile``, ``minmax``, ``range`` or ``none``.
+
+    YAML forms: ``scaling: minmax``, ``scaling: {percentile: [1, 99]}``, ``scaling: {range: [0, 3000]}``.
+    """
+
+    method: Literal["auto", "percentile", "minmax", "range", "none"] = "auto"
+    percentile: tuple[float, float] = (2.0, 98.0)
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"method": value}
+        if isinstance(value, dict) and "method" not in value:
+            for method in ("range", "percentile"):
+                if method in value:
+                    return {"method": method, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scaling:
+        lo, hi = self.percentile
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"percentile must be [low, high] with 0 <= low < high <= 100, got {[lo, hi]}")
+        if self.method == "range" and (self.range is None or not self.range[0] < self.range[1]):
+            raise ValueError("scaling 'range' needs `range: [low, high]` with low < high")
+        return self
+
+    def spec(self) -> ScalingSpec:
+        """The pipeline's form of this option."""
+        return ScalingSpec(method=self.method, percentiles=self.percentile, value_range=self.range)
+
+
+class StacSource(_Strict):
+    """A static STAC ``catalog`` file or an ``api`` to search, and which assets and bands to read."""
+
+    catalog: str | None = None
+    api: str | None = None
+    collections: list[str] | None = None
+    bbox: Annotated[list[float], Field(min_length=4, max_length=4)] | None = None
+    datetime: str | None = None
+    query: dict[str, Any] | None = None
+    filter: dict[str, Any] | str | None = None
+    max_items: Annotated[int, Field(ge=1)] | None = None
+    asset: str | None = None
+    assets: Annotated[list[str], Field(min_length=1, max_length=3)] | None = None
+    bands: BandList | None = None
+
+    resolve_paths = field_validator("catalog")(_resolve)
+    check_band_count = field_validator("bands")(_check_band_count)
+
+    @field_validator("datetime", mode="before")
+    @classmethod
+    def _datetime_text(cls, value: Any) -> Any:
+        # YAML reads a bare `2020-01-01` as a date object
+        return value.isoformat() if isinstance(value, dt.date) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StacSource:
+        if (self.catalog is None) == (self.api is None):
+            raise ValueError("give exactly one of `catalog` (a static catalog file) or `api` (a STAC API URL)")
+        if self.catalog is not None and (self.query or self.filter):
+            raise ValueError(
+                "`query` and `filter` need a STAC `api`; a static catalog is filtered only by "
+                "collections, bbox and datetime"
+            )
+        if self.asset is not None and self.assets is not None:
+            raise ValueError("give `asset` (one multi-band asset) or `assets` (single-band, stacked), not both")
+        if self.assets is not None and len(self.assets) == 2:
+            raise ValueError("`assets` needs 1 or 3 entries (R, G, B)")
+        if self.assets is not None and self.bands is not None and len(self.bands) != len(self.assets):
+            raise ValueError("with `assets`, give one band per asset or leave `bands` out")
+        if self.bbox is not None and not (self.bbox[0] <= self.bbox[2] and self.bbox[1] <= self.bbox[3]):
+            raise ValueError("bbox must be [west, south, east, north]")
+        return self
+
+
+class InputSpec(_Strict):
+    """One entry of ``inputs``: ``geotiff`` (path, glob or URL) or ``stac``, with its ``scaling``."""
+
+    geotiff: str | None = None
+    stac: StacSource | None = None
+    bands: BandList | None = None
+    scaling: Scaling = Scaling()
+
+    resolve_paths = field_validator("geotiff")(_resolve)
+    check_band_count = field_validator("bands")(_check_band_count)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if (self.geotiff is None) == (self.stac is None):
+            raise ValueError("each input needs exactly one of `geotiff:` or `stac:`")
+        if self.stac is not None and self.bands is not None:
+            raise ValueError("for a STAC input put `bands` under `stac:`")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name of this input for messages."""
+        if self.geotiff is not None:
+            return self.geotiff
+        assert self.stac is not None
+        return self.stac.catalog or self.stac.api or "stac"
+
+
+def query_slug(text: str) -> str:
+    """A query id from its text: lower-case words joined by ``-``, at most 40 characters."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+    return slug or "query"
+
+
+class Query(_Strict):
+    """A sentence to segment and its id (derived from the text when not given)."""
+
+    id: str
+    text: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_id(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"text": value}
+        if isinstance(value, dict) and "id" not in value and isinstance(value.get("text"), str):
+            value = {**value, "id": query_slug(value["text"])}
+        return value
+
+
+class ModelSpec(_Strict):
+    """Which model: a ``preset`` name or a model ``config`` file, optional fine-tuned ``checkpoint``."""
+
+    preset: str | None = None
+    config: str | None = None
+    checkpoint: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    resolve_paths = field_validator("config", "checkpoint")(_resolve)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_preset(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `model: tiny`
+            return {"preset": value}
+        if isinstance(value, dict) and value.get("preset") is None and value.get("config") is None:
+            return {**value, "preset": DEFAULT_PRESET}
+        return value
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelSpec:
+        if self.preset is not None and self.config is not None:
+            raise ValueError("give `preset` or `config`, not both")
+        return self
+
+    @property
+    def name(self) -> str:
+        """What ``rsrs.model.load_model`` takes: the preset name or the config path."""
+        return self.preset or self.config or ""
+
+
+class Tiling(_Strict):
+    """Tile size and context ``overlap`` in pixels, tiles per model batch."""
+
+    tile_size: Annotated[int, Field(ge=32)] = 1024
+    overlap: Annotated[int, Field(ge=0)] = 128
+    batch_size: Annotated[int, Field(ge=1)] = 8
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> Tiling:
+        if 2 * self.overlap >= self.tile_size:
+            raise ValueError(f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size})")
+        return self
+
+
+class Output(_Strict):
+    """Where outputs go and how probabilities become polygons."""
+
+    dir: str = "out"
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    min_area_m2: Annotated[float, Field(ge=0.0)] = 0.0
+    vector_crs: str = "EPSG:4326"
+
+    resolve_paths = field_validator("dir")(_resolve)
+
+    @field_validator("vector_crs")
+    @classmethod
+    def _known_crs(cls, value: str) -> str:
+        try:
+            pyproj.CRS.from_user_input(value)
+        except pyproj.exceptions.CRSError as err:
+            raise ValueError(f"unknown CRS {value!r}; use e.g. EPSG:4326") from err
+        return value
+
+
+class Compute(_Strict):
+    """The Dask cluster: an existing ``scheduler`` address, or a local one of ``n_workers``."""
+
+    scheduler: str | None = None
+    n_workers: Annotated[int, Field(ge=1)] = 1
+    gpus_per_worker: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+
+
+class Job(_Strict):
+    """A validated job: what to read, what to look for, with which model, and where to write."""
+
+    inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    queries: list[Query]
+    model: ModelSpec = ModelSpec(preset=DEFAULT_PRESET)
+    tiling: Tiling = Tiling()
+    output: Output = Output()
+    compute: Compute = Compute()
+    on_error: Literal["skip", "fail"] = "skip"
+
+    _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("queries", mode="after")
+    @classmethod
+    def _unique_ids(cls, queries: list[Query]) -> list[Query]:
+        if not queries:
+            raise ValueError("no queries")
+        seen: set[str] = set()
+        for query in queries:
+            if query.id in seen:
+                raise ValueError(f"query id '{query.id}' is used twice; give each query a distinct `id`")
+            seen.add(query.id)
+        return queries
+
+    @property
+    def source(self) -> str | None:
+        """The job file this job was loaded from, if any."""
+        return self._source
+
+
+#: What to say when a required list is missing or empty.
+_EMPTY_HINTS = {
+    "queries": 'add at least one under `queries:` (e.g. `- "red-roofed buildings"`)',
+    "inputs": "add at least one under `inputs:` (e.g. `- geotiff: data/*.tif`)",
+}
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model class inside ``Optional``, ``Annotated``, ``list`` and unions, else None."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _unwrap(arg)
+            if found is not None:
+                return found
+        return None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _walk(loc: tuple) -> tuple[tuple, type[BaseModel] | None]:
+    """``loc`` without pydantic's union-member tags, and the model class of the mapping it ends in."""
+    model: Any = Job
+    kept: list = []
+    for part in loc:
+        if isinstance(part, int):
+            kept.append(part)
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is not None:
+            kept.append(part)
+            model = _unwrap(field.annotation)
+    return tuple(kept), model
+
+
+def _dotted(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+
+
+def _describe(errors: list[dict], source: str) -> str:
+    """One line for the most useful pydantic error: unknown keys first, then the first other error."""
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    raw_loc, kind = tuple(error["loc"]), error["type"]
+    where = f" in {source}"
+    if kind == "extra_forbidden":
+        parent, model = _walk(raw_loc[:-1])
+        keys = list(model.model_fields) if model is not None else []
+        near = difflib.get_close_matches(str(raw_loc[-1]), keys, n=1, cutoff=0.5)
+        hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(keys)}"
+        return f"unknown key '{_dotted((*parent, raw_loc[-1]))}'{where}; {hint}"
+    loc, _ = _walk(raw_loc)
+    if len(loc) == 1 and loc[0] in _EMPTY_HINTS and (kind == "missing" or not error.get("input")):
+        return f"no {loc[0]}{where}; {_EMPTY_HINTS[loc[0]]}"
+    if kind == "missing":
+        return f"missing required key '{_dotted(loc)}'{where}"
+    # a value failing every member of a union gives one error per member: say them all
+    messages = dict.fromkeys(
+        str(e["msg"]).removeprefix("Value error, ") for e in errors if _walk(tuple(e["loc"]))[0] == loc
+    )
+    value = error.get("input")
+    shown = "" if kind == "value_error" or isinstance(value, dict | list) else f" (got {value!r})"
+    return f"invalid value for '{_dotted(loc)}'{where}: {' or '.join(messages)}{shown}"
+
+
+def parse_job(data: Any, *, source: str | Path = "job") -> Job:
+    """Validate a job mapping; relative paths resolve against ``source``'s folder when it is a file."""
+    source = str(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping with `inputs:` and `queries:`, got {type(data).__name__}")
+    base = Path(source).resolve().parent if Path(source).is_file() else None
+    try:
+        job = Job.model_validate(data, context={"base_dir": base})
+    except ValidationError as err:
+        raise ConfigError(_describe(err.errors(), source)) from None
+    job._source = source
+    return job
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"job file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read job file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {path}{line}: {problem}") from None
+    return parse_job(data, source=path)
