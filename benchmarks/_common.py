@@ -27,13 +27,14 @@ def device_info() -> dict:
 
 def timed(fn: Callable[[], object], *, warmup: int = 2, iters: int = 5) -> float:
     """Mean seconds per call of ``fn`` after ``warmup`` calls (synchronising CUDA around each timing)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / iters
 
 

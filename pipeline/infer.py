@@ -12,6 +12,7 @@ the sidecar's presence is the resume marker, so a tile interrupted between the t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,7 @@ class _Resident:
     texts: dict[tuple[str, ...], TextFeatures] = field(default_factory=dict)
 
 
+IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel tile reads and chunk writes
 _RESIDENT: _Resident | None = None  # one model per process; replaced (not accumulated) on a new spec
 
 
@@ -83,7 +85,13 @@ def resident_model(spec: ModelRef, query_texts: Sequence[str]) -> tuple[RSRefSeg
         from rsrs.model import load_model
 
         _RESIDENT = None  # let the old model go before loading a new one
-        _RESIDENT = _Resident(spec=spec, model=load_model(spec.source, device=spec.device))
+        model = load_model(spec.source, device=spec.device)
+        if model.device.type == "cuda":  # pay CUDA/cuBLAS/allocator set-up once here, not in the first tiles
+            import torch
+
+            size = model.sam_image_size
+            model.predict(torch.zeros(1, 3, size, size, dtype=torch.uint8), ["warm-up"])
+        _RESIDENT = _Resident(spec=spec, model=model)
     key = tuple(query_texts)
     if key not in _RESIDENT.texts:
         import torch
@@ -106,15 +114,19 @@ def run_batch(task: BatchTask) -> BatchResult:
     result = BatchResult(scene_id=task.scene.id)
     groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
     Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(1, "rsrs-read") as reader, ThreadPoolExecutor(1, "rsrs-write") as writer:
-        pending_read = reader.submit(_read_group, task.scene, groups[0]) if groups else None
+    with (
+        ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io,
+        ThreadPoolExecutor(1, "rsrs-read") as reader,
+        ThreadPoolExecutor(1, "rsrs-write") as writer,
+    ):
+        pending_read = reader.submit(_read_group, io, task.scene, groups[0]) if groups else None
         writes: list[Future[list[TilePolygons]]] = []
         for g in range(len(groups)):
             assert pending_read is not None
             (rgb, valid), read_s = pending_read.result()  # B x 3 x T x T uint8, B x T x T bool
             result.read_s += read_s
             if g + 1 < len(groups):
-                pending_read = reader.submit(_read_group, task.scene, groups[g + 1])
+                pending_read = reader.submit(_read_group, io, task.scene, groups[g + 1])
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(groups[g])])
             probs = None
             if has_data.any():
@@ -122,7 +134,7 @@ def run_batch(task: BatchTask) -> BatchResult:
                 images = torch.from_numpy(rgb[has_data])
                 probs = model.predict(images, text).float().cpu().numpy()  # B' x Q x T x T
                 result.model_s += time.perf_counter() - start
-            writes.append(writer.submit(_finish_group, task, groups[g], has_data, probs, valid))
+            writes.append(writer.submit(_finish_group, io, task, groups[g], has_data, probs, valid))
         for w in writes:
             tiles, write_s = w.result()
             result.polygons.extend(tiles)
@@ -132,23 +144,30 @@ def run_batch(task: BatchTask) -> BatchResult:
     return result
 
 
-def _read_group(scene: Scene, tiles: Sequence[Tile]) -> tuple[tuple[np.ndarray, np.ndarray], float]:
-    """Read tiles' windows: (B x 3 x T x T uint8, B x T x T bool) and the seconds it took."""
+def _read_group(
+    io: ThreadPoolExecutor, scene: Scene, tiles: Sequence[Tile]
+) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """Read tiles' windows in parallel (GDAL releases the GIL): (B x 3 x T x T uint8, B x T x T bool), seconds."""
     start = time.perf_counter()
-    reads = [read_tile(scene, t.read) for t in tiles]
+    reads = list(io.map(lambda t: read_tile(scene, t.read), tiles))
     rgb = np.stack([r[0] for r in reads])
     valid = np.stack([r[1] for r in reads])
     return (rgb, valid), time.perf_counter() - start
 
 
 def _finish_group(
-    task: BatchTask, tiles: Sequence[Tile], has_data: np.ndarray, probs: np.ndarray | None, valid: np.ndarray
+    io: ThreadPoolExecutor,
+    task: BatchTask,
+    tiles: Sequence[Tile],
+    has_data: np.ndarray,
+    probs: np.ndarray | None,
+    valid: np.ndarray,
 ) -> tuple[list[TilePolygons], float]:
-    """Write each tile's core chunk, polygonise it and mark it done; skipped tiles only get the marker."""
+    """Write each tile's core chunk, polygonise it and mark it done (tiles in parallel, each its own chunk)."""
     start = time.perf_counter()
-    out = []
     rows = np.cumsum(has_data) - 1  # row of each tile in ``probs`` (only tiles with data were predicted)
-    for b, tile in enumerate(tiles):
+
+    def finish(b: int, tile: Tile) -> TilePolygons:
         if not has_data[b]:
             polygons = TilePolygons.empty(tile.key, skipped=True)
         else:
@@ -167,5 +186,7 @@ def _finish_group(
                 threshold=task.threshold,
             )
         save_tile(polygons, tile_path(task.tiles_dir, tile))
-        out.append(polygons)
+        return polygons
+
+    out = list(io.map(finish, range(len(tiles)), tiles))
     return out, time.perf_counter() - start

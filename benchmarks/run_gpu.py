@@ -1,0 +1,113 @@
+"""`rsrs run` end to end on one GPU against the model alone, measured in the same run.
+
+A synthetic multi-tile scene, a real-size preset at random init (bf16), a real LocalCluster with one GPU
+worker. Reports: pipeline tiles/s (tiles computed / scene wall time, model already resident), model-only tiles/s
+(`predict` on in-memory tiles of the same size and batch), their ratio (goal >= 0.9), and the pipeline time with
+5 queries against 1.
+
+Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks._common import device_info, timed, write_result
+from benchmarks.run_rss import write_scene
+from rsrs.model import get_model_config, load_model
+from rsrs.workflows import run_job
+
+QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest field", "vehicles", "tennis courts"]
+
+
+def random_init_config(preset: str, folder: Path) -> Path:
+    """The preset's model config with pretrained weights switched off (no hub on the GPU machine)."""
+    config = get_model_config(preset).model_copy(deep=True)
+    config.siglip.pretrained = None
+    config.siglip.tokenizer = "bytes"
+    config.sam.pretrained = None
+    path = folder / f"{preset}-random.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def run_once(
+    folder: Path, scene: Path, model_config: Path, *, queries: list[str], tile: int, batch: int, device: str
+) -> dict:
+    job = {
+        "inputs": [{"geotiff": str(scene)}],
+        "queries": queries,
+        "model": {"config": str(model_config), "device": device},
+        "tiling": {"tile_size": tile, "overlap": 64, "batch_size": batch},
+        "output": {"dir": str(folder / f"out-q{len(queries)}"), "threshold": 0.5},
+        "compute": {"n_workers": 1, "gpus_per_worker": 1 if device == "cuda" else 0},
+    }
+    path = folder / f"job-q{len(queries)}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    t0 = time.perf_counter()
+    report = run_job(path, progress=False)
+    total = time.perf_counter() - t0
+    scene_report = report["scenes"][0]
+    return {
+        "queries": len(queries),
+        "tiles": scene_report["tiles_computed"],
+        "scene_wall_s": round(scene_report["wall_s"], 2),
+        "run_total_s_incl_cluster_and_model_load": round(total, 2),
+        "tiles_per_s": round(scene_report["tiles_computed"] / scene_report["wall_s"], 2),
+        "worker_model_s": round(scene_report["model_s"], 2),
+        "worker_read_s": round(scene_report["read_s"], 2),
+        "worker_write_s": round(scene_report["write_s"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="rsrefseg-b")
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test)")
+    args = parser.parse_args()
+    result: dict = {
+        "preset": args.preset,
+        **device_info(),
+        "weights": "random init, bf16",
+        "scene_px": args.size,
+        "tile_size": args.tile_size,
+        "batch": args.batch,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        scene = folder / "scene.tif"
+        write_scene(scene, args.size)
+        model_config = random_init_config(args.preset, folder)
+        one = run_once(
+            folder, scene, model_config, queries=QUERIES[:1], tile=args.tile_size, batch=args.batch, device=args.device
+        )
+        five = run_once(
+            folder, scene, model_config, queries=QUERIES, tile=args.tile_size, batch=args.batch, device=args.device
+        )
+
+        model = load_model(model_config, device=args.device)
+        tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
+        texts = model.encode_texts(QUERIES[:1])
+        seconds = timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)  # host tiles in, host out
+    model_only = args.batch / seconds
+    result |= {
+        "pipeline_1_query": one,
+        "pipeline_5_queries": five,
+        "model_only_tiles_per_s_1_query": round(model_only, 2),
+        "ratio_pipeline_vs_model_only": round(one["tiles_per_s"] / model_only, 3),
+        "ratio_time_5_queries_vs_1": round(five["scene_wall_s"] / one["scene_wall_s"], 3),
+    }
+    write_result("run_gpu", result)
+
+
+if __name__ == "__main__":
+    main()
