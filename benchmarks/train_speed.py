@@ -55,10 +55,14 @@ def main() -> None:
     write_result(
         f"train_speed_{args.preset}",
         {
-            "preset": args.preset, **device_info(), "weights": "random init, fp32 master weights, bf16 autocast",
-            "batch": args.batch, "image_size": args.size,
+            "preset": args.preset,
+            **device_info(),
+            "weights": "random init, fp32 master weights, bf16 autocast",
+            "batch": args.batch,
+            "image_size": args.size,
             "trainable_params": sum(p.numel() for p in trainable),
-            "seconds_per_step": round(seconds, 4), "samples_per_s": round(args.batch / seconds, 2),
+            "seconds_per_step": round(seconds, 4),
+            "samples_per_s": round(args.batch / seconds, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         },
     )

@@ -15,6 +15,12 @@ from rsrs.model.errors import RsrsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("rsrs.workflows.run:run_command", "Segment a job's queries over GeoTIFF/STAC scenes (Zarr + GeoParquet)."),
     "models": ("rsrs.workflows.catalog:models_command", "List model presets with backbones, sizes and parameters."),
+    "synth": ("rsrs.workflows.synth:synth_command", "Make seeded synthetic referring data: chips or large scenes."),
+    "train": (
+        "rsrs.workflows.train:train_command",
+        "Fine-tune a model on a referring dataset (LoRA; data-parallel under torchrun).",
+    ),
+    "evaluate": ("rsrs.workflows.evaluate:evaluate_command", "Score a model on a dataset split: gIoU, cIoU, Pr@X."),
 }
 
 

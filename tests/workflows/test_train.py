@@ -1,0 +1,169 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from rsrs.model import load_model
+from rsrs.model.errors import ConfigError
+from rsrs.pipeline.datasets import open_dataset
+from rsrs.pipeline.synth import write_chip_dataset
+from rsrs.workflows.cli import cli
+from rsrs.workflows.evaluate import model_predictor, score_dataset
+from rsrs.workflows.metrics import summarize
+from rsrs.workflows.train import train
+from rsrs.workflows.train_config import load_train_config
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chips")
+    write_chip_dataset(folder, count=40, chip_size=96, seed=0)
+    return folder / "manifest.jsonl"
+
+
+def _config(tmp_path: Path, chips: Path, **overrides) -> Path:
+    config = {
+        "model": {"preset": "tiny"},
+        "data": {"path": str(chips), "image_size": 96, "num_workers": 0, "max_val_samples": 8},
+        "optim": {"lr": 3e-3, "batch_size": 4, "max_steps": 6, "warmup_steps": 2},
+        "out_dir": str(tmp_path / "run"),
+        "checkpoint_every": 3,
+        "val_every": 3,
+        "log_every": 1,
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            config[section][field] = value
+        else:
+            config[section] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _records(out_dir: Path, kind: str) -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, chips):
+    whole = load_train_config(_config(tmp_path / "a", chips, **{"data.num_workers": 2}))
+    train(whole, show_progress=False)
+
+    parts = load_train_config(_config(tmp_path / "b", chips, **{"data.num_workers": 2}))
+    first = train(parts, stop_after=4, show_progress=False)  # killed after step 4; last resume point is 3
+    assert first["step"] == 4
+    shutil.copy(
+        Path(parts.out_dir) / "checkpoints" / "step_0000003.safetensors", Path(parts.out_dir) / "last.safetensors"
+    )
+    second = train(parts, resume=True, show_progress=False)
+    assert second["step"] == 6
+
+    a = load_file(Path(whole.out_dir) / "last.safetensors")
+    b = load_file(Path(parts.out_dir) / "last.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed_losses = [r["loss"] for r in _records(Path(parts.out_dir), "train") if r["step"] > 3][-3:]
+    whole_losses = [r["loss"] for r in _records(Path(whole.out_dir), "train") if r["step"] > 3]
+    assert resumed_losses == whole_losses
+
+
+def test_checkpoints_are_loadable_models_and_best_follows_giou(tmp_path, chips):
+    config = load_train_config(_config(tmp_path, chips))
+    summary = train(config, show_progress=False)
+    out = Path(config.out_dir)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_0000003.safetensors",
+        "step_0000006.safetensors",
+    ]
+    vals = _records(out, "val")
+    assert [v["step"] for v in vals] == [3, 6]
+    assert summary["best_giou"] == max(v["gIoU"] for v in vals)
+    model = load_model(out / "best.safetensors", device="cpu")
+    assert model.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), ["pond"]).shape == (1, 1, 32, 32)
+
+
+def test_training_tiny_lowers_the_loss_and_raises_iou_on_training_chips(tmp_path, chips):
+    steps = 60
+    path = _config(
+        tmp_path,
+        chips,
+        **{
+            "model.trainable": "all",
+            "optim.max_steps": steps,
+            "optim.warmup_steps": 5,
+            "data.val_split": "train",
+            "data.max_val_samples": 32,
+        },
+        checkpoint_every=steps,
+        val_every=steps,
+        log_every=5,
+    )
+    config = load_train_config(path)
+    reader = open_dataset("manifest", chips, "train")
+    before_model = load_model("tiny", device="cpu")
+    before = summarize(score_dataset(model_predictor(before_model, image_size=96), reader, limit=32))
+    train(config, show_progress=False)
+    trained = load_model(Path(config.out_dir) / "last.safetensors", device="cpu")
+    after = summarize(score_dataset(model_predictor(trained, image_size=96), reader, limit=32))
+    losses = [r["loss"] for r in _records(Path(config.out_dir), "train")]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+    assert after["gIoU"] > before["gIoU"] + 0.1, (before, after)
+
+
+def test_existing_run_needs_resume_and_bad_keys_are_named(tmp_path, chips):
+    config = load_train_config(_config(tmp_path, chips, **{"optim.max_steps": 1}))
+    train(config, show_progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, show_progress=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "data": {"path": "x"}, "optim": {"learning_rate": 1}}))
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        load_train_config(bad)
+
+
+def test_train_cli_runs_a_short_job(tmp_path, chips):
+    path = _config(tmp_path, chips)
+    result = CliRunner().invoke(cli, ["train", str(path), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "trained to step 2" in result.output
+    assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
+    path = _config(tmp_path, chips, **{"optim.max_steps": 4})
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            shutil.which("rsrs"),
+            "train",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = _records(tmp_path / "run", "train")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["world_size"] == 2 for r in records)
+    state = torch.load(tmp_path / "run" / "resume.pt", weights_only=False)
+    assert state["progress"]["step"] == 4 and len(state["rng"]) == 2

@@ -1,0 +1,104 @@
+"""The training configuration (``rsrs train CONFIG.yaml``), validated with pydantic; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rsrs.model.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainModel(_Strict):
+    """Which model to fine-tune: a preset or a model config file, optionally starting from a checkpoint."""
+
+    preset: str | None = None
+    config: str | None = None
+    init_checkpoint: str | None = Field(None, description="start from these trained weights")
+    trainable: Literal["lora", "all"] | None = Field(
+        None, description="override the model's trained set: 'all' for models without pretrained backbones"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrainModel:
+        if (self.preset is None) == (self.config is None):
+            raise ValueError("give exactly one of model.preset or model.config")
+        return self
+
+
+class TrainData(_Strict):
+    """Dataset on disk (DESIGN §5 formats) and how samples are batched."""
+
+    format: Literal["manifest", "rrsisd", "refsegrs", "risbench"] = "manifest"
+    path: str
+    train_split: str = "train"
+    val_split: str | None = "val"
+    image_size: int = Field(512, gt=0, description="samples are resized to image_size x image_size for batching")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    max_val_samples: int | None = Field(None, gt=0, description="validate on the first N samples only")
+
+
+class Optim(_Strict):
+    """AdamW with linear warm-up then cosine decay (reference: lr 1e-4, weight decay 0.05)."""
+
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(8, gt=0, description="samples per step per process")
+    max_steps: int = Field(1000, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class Loss(_Strict):
+    """BCE + Dice weights (reference 5 and 5)."""
+
+    bce_weight: float = 5.0
+    dice_weight: float = 5.0
+
+
+class TrainConfig(_Strict):
+    """A whole training run."""
+
+    model: TrainModel
+    data: TrainData
+    optim: Optim = Field(default_factory=Optim)
+    loss: Loss = Field(default_factory=Loss)
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: str = "runs/train"
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints (and resume points)")
+    val_every: int = Field(500, gt=0, description="steps between validations")
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training config; relative paths resolve against the config file's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"training config {path} does not exist; see configs/train/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"training config {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"invalid training config {path}: {where}: {first['msg']}") from None
+    base = path.parent
+    config.data.path = str((base / config.data.path).resolve())
+    config.out_dir = str((base / config.out_dir).resolve())
+    if config.model.config:
+        config.model.config = str((base / config.model.config).resolve())
+    if config.model.init_checkpoint:
+        config.model.init_checkpoint = str((base / config.model.init_checkpoint).resolve())
+    return config
