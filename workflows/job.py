@@ -174,10 +174,17 @@ def query_slug(text: str) -> str:
 
 
 class Query(_Strict):
-    """A sentence to segment and its id (derived from the text when not given)."""
+    """A sentence to segment, its id (derived from the text when not given) and optionally its true mask.
+
+    ``truth`` is a 0/1 (or 0/255) raster on the scene's grid; when given, the run reports the IoU of the
+    thresholded mosaic against it.
+    """
 
     id: str
     text: Annotated[str, Field(min_length=1)]
+    truth: str | None = None
+
+    resolve_paths = field_validator("truth")(_resolve)
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +248,7 @@ class Output(_Strict):
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     min_area_m2: Annotated[float, Field(ge=0.0)] = 0.0
     vector_crs: str = "EPSG:4326"
+    overlay: bool = False  # write overlays/<scene_id>.png: the scene, each query's mask and polygons, a legend
 
     resolve_paths = field_validator("dir")(_resolve)
 

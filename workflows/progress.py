@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import click
@@ -34,6 +34,7 @@ class SceneReport:
     write_s: float = 0.0
     wall_s: float = 0.0
     error: str | None = None
+    truth_iou: dict[str, float] = field(default_factory=dict)  # query id -> IoU against the query's `truth`
     _started: float | None = field(default=None, repr=False)
 
     @classmethod
@@ -128,3 +129,9 @@ def summary_line(reports: Sequence[SceneReport], *, seconds: float, polygons: in
         f"{done} scene(s) done{failed_text}; tiles: {computed} computed, {resumed} resumed, "
         f"{empty} without data; {polygons} polygon(s); {seconds:.1f} s"
     )
+
+
+def truth_lines(report: SceneReport, texts: Mapping[str, str], *, with_scene: bool) -> list[str]:
+    """One line per scored query: ``IoU vs truth  ponds: 0.83  "the dark ponds"`` (scene id first if asked)."""
+    prefix = f"{report.id}/" if with_scene else ""
+    return [f'IoU vs truth  {prefix}{qid}: {iou:.2f}  "{texts[qid]}"' for qid, iou in report.truth_iou.items()]

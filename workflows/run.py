@@ -24,7 +24,7 @@ import pandas as pd
 from rsrs.model.errors import RsrsError
 from rsrs.model.registry import resolve_model_spec
 from rsrs.pipeline.infer import BatchResult, BatchTask, ModelRef, run_batch, tile_path
-from rsrs.pipeline.mosaic import create_mosaic
+from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, open_mosaic
 from rsrs.pipeline.polygons import (
     TilePolygons,
     atomic_target,
@@ -39,14 +39,16 @@ from rsrs.pipeline.tiling import TileGrid, batched, plan_tiles
 from rsrs.workflows.cluster import bounded_map, dask_client, load_models, uses_gpus
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job, load_job
-from rsrs.workflows.progress import SceneReport, TileProgress, print_plan, summary_line
+from rsrs.workflows.overlay import write_overlay
+from rsrs.workflows.progress import SceneReport, TileProgress, print_plan, summary_line, truth_lines
+from rsrs.workflows.truth import check_truths, score_truths
 
 log = logging.getLogger(__name__)
 
 #: Model batches per Dask task: enough for the reader/writer threads to overlap I/O with the model.
 BATCHES_PER_TASK = 4
 #: Outputs of a run inside ``output.dir`` (all that ``--overwrite`` deletes; nothing else is touched).
-MASKS, TILES, POLYGONS, REPORT = "masks.zarr", "tiles", "polygons.parquet", "run.json"
+MASKS, TILES, POLYGONS, REPORT, OVERLAYS = "masks.zarr", "tiles", "polygons.parquet", "run.json", "overlays"
 
 
 class RunError(RsrsError, RuntimeError):
@@ -71,6 +73,7 @@ def run_job(
     failures = [SceneReport(id=None, source=f.source, status="failed", error=f.message) for f in resolved.failures]
     model = ModelRef(source=job.model.checkpoint or job.model.name, device=job.model.device)
     resolve_model_spec(model.source)  # a bad preset or missing file fails here, not on every worker
+    check_truths(job.queries, scenes)
     out = Path(job.output.dir).resolve()
     if dry_run:
         if reports:
@@ -104,11 +107,16 @@ def run_job(
     ordered = [frames[s.id] for s in scenes if s.id in frames]
     frame = pd.concat(ordered, ignore_index=True) if ordered else empty_frame(job.output.vector_crs)
     write_geoparquet(frame, out / POLYGONS)
+    _score_and_draw(job, [by_id[r.id] for r in reports if r.status == "done"], reports, frames, out)
     report = _report(job, model, reports + failures, started=started, dry_run=False)
     with atomic_target(out / REPORT) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     if progress and any(r.status == "done" for r in reports):
         click.echo(summary_line(reports + failures, seconds=time.time() - started, polygons=len(frame)), err=True)
+        texts = {q.id: q.text for q in job.queries}
+        for r in reports:
+            for line in truth_lines(r, texts, with_scene=len(reports) > 1):
+                click.echo(line)
     if not any(r.status == "done" for r in reports):
         first = (failures + reports)[0].error if failures or reports else None
         raise RunError(f"nothing could run ({first or 'the job resolved to no scenes'}); see {out / REPORT}")
@@ -117,10 +125,35 @@ def run_job(
 
 def _clear_outputs(out: Path) -> None:
     """Delete this run's outputs (and only them) from ``out``."""
-    for name in (MASKS, TILES):
+    for name in (MASKS, TILES, OVERLAYS):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (POLYGONS, REPORT):
         (out / name).unlink(missing_ok=True)
+
+
+def _score_and_draw(
+    job: Job, scenes: list[Scene], reports: list[SceneReport], frames: dict[str, pd.DataFrame], out: Path
+) -> None:
+    """For each finished scene: IoUs against the queries' truths (into its report) and the overlay PNG."""
+    if not (job.output.overlay or any(q.truth for q in job.queries)):
+        return
+    by_id = {r.id: r for r in reports}
+    model_name = Path(job.model.checkpoint or job.model.name).name
+    for scene in scenes:
+        probability = open_mosaic(out / MASKS, scene.id)[VARIABLE]
+        scores = score_truths(probability, job.queries, threshold=job.output.threshold)
+        by_id[scene.id].truth_iou = {qid: round(s.iou, 4) for qid, s in scores.items()}
+        if job.output.overlay:
+            write_overlay(
+                out / OVERLAYS / f"{scene.id}.png",
+                scene=scene,
+                probability=probability,
+                polygons=frames[scene.id],
+                queries=job.queries,
+                threshold=job.output.threshold,
+                ious=by_id[scene.id].truth_iou,
+                title=f"{scene.id}  ·  model {model_name}  ·  fill: p > {job.output.threshold}, outline: polygons",
+            )
 
 
 def _fingerprint(job: Job, model: ModelRef, scene: Scene) -> str:
@@ -262,7 +295,7 @@ def _report(job: Job, model: ModelRef, reports: list[SceneReport], *, started: f
         "dry_run": dry_run,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
-        "outputs": {"masks": MASKS, "polygons": POLYGONS},
+        "outputs": {"masks": MASKS, "polygons": POLYGONS} | ({"overlays": OVERLAYS} if job.output.overlay else {}),
         "scenes": [r.to_json() for r in reports],
         "totals": {
             "scenes": len(reports),

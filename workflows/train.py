@@ -128,7 +128,12 @@ class MetricLog:
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, show_progress: bool = True
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    max_minutes: float | None = None,
+    show_progress: bool = True,
 ) -> dict:
     """Run (or resume) training; returns a summary. ``stop_after`` ends the process early after that many steps
     of this invocation (an interruption, for tests and time-boxed jobs)."""
@@ -196,6 +201,7 @@ def train(
         bar = tqdm(total=config.optim.max_steps, initial=state.step, desc="train", unit="step")
 
     steps_here, window_start, window_samples = 0, time.perf_counter(), 0
+    started = window_start
     while state.step < config.optim.max_steps:
         sampler = ResumableSampler(
             len(train_set),
@@ -246,7 +252,7 @@ def train(
                     }
                 )
                 window_start, window_samples = time.perf_counter(), 0
-            last = state.step == config.optim.max_steps
+            last = state.step == config.optim.max_steps or _out_of_time(started, max_minutes, ddp, device)
             if val_reader is not None and (state.step % config.val_every == 0 or last):
                 _validate_and_keep_best(model, val_reader, config, state, metrics, ddp, out_dir)
             if state.step % config.checkpoint_every == 0 or last:
@@ -269,6 +275,16 @@ def train(
         "out_dir": str(out_dir),
         "world_size": ddp.world,
     }
+
+
+def _out_of_time(started: float, max_minutes: float | None, ddp: Distributed, device: torch.device) -> bool:
+    """Whether the time box is spent (rank 0 decides, so every rank stops at the same step)."""
+    if max_minutes is None:
+        return False
+    flag = torch.tensor([time.perf_counter() - started > 60 * max_minutes], dtype=torch.int32, device=device)
+    if ddp.world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _validate_and_keep_best(
@@ -319,7 +335,10 @@ def _save_resume_point(
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue the run in the config's out_dir from its last checkpoint.")
 @click.option("--max-steps", type=int, default=None, help="Override optim.max_steps (e.g. a quick smoke run).")
-def train_command(config_path: str, resume: bool, max_steps: int | None) -> None:
+@click.option(
+    "--max-minutes", type=float, default=None, help="Stop (validate, checkpoint) once this much time has passed."
+)
+def train_command(config_path: str, resume: bool, max_steps: int | None, max_minutes: float | None) -> None:
     """Fine-tune a model on a referring dataset (see configs/train/ for examples).
 
     \b
@@ -332,7 +351,7 @@ def train_command(config_path: str, resume: bool, max_steps: int | None) -> None
     config = load_train_config(config_path)
     if max_steps is not None:
         config.optim.max_steps = max_steps
-    summary = train(config, resume=resume)
+    summary = train(config, resume=resume, max_minutes=max_minutes)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(
             f"trained to step {summary['step']}; best val gIoU {summary['best_giou']:.4f}; "
