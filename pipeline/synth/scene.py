@@ -13,8 +13,8 @@ import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine
@@ -27,6 +27,9 @@ from rsrs.pipeline.synth.render import SceneRenderer
 
 DEFAULT_CRS = "EPSG:32614"  # UTM 14N: North Dakota, a NAIP-like setting
 DEFAULT_ORIGIN = (600_000.0, 5_250_000.0)  # top-left corner (x, y), m
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 
 def scene_grid(size: int, *, pixel_size: float = 0.5, crs: str = DEFAULT_CRS) -> RasterGrid:
@@ -42,6 +45,8 @@ def scene_expressions(layout: Layout, rng: np.random.Generator, *, max_singular:
 
 
 def _objects_frame(layout: Layout, expressions: dict[str, Expression], grid: RasterGrid) -> gpd.GeoDataFrame:
+    import geopandas as gpd  # only scenes write vector files; chip datasets need no GIS stack
+
     t = grid.transform
     refs: dict[int, list[str]] = {}
     for eid, e in expressions.items():
