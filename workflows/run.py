@@ -315,9 +315,17 @@ def _report(job: Job, model: ModelRef, reports: list[SceneReport], *, started: f
 @click.option("--scheduler", metavar="ADDRESS", help="Use the Dask cluster at ADDRESS (e.g. tcp://host:8786).")
 @click.option("--overwrite", is_flag=True, help="Delete this job's previous outputs and start afresh.")
 @click.option("--dry-run", is_flag=True, help="Validate the job, list scenes and tile counts; run no model.")
-def run_command(job_file: Path, scheduler: str | None, overwrite: bool, dry_run: bool) -> None:
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write outputs here instead of the job's output.dir (e.g. for a job inside an installed package).",
+)
+def run_command(job_file: Path, scheduler: str | None, overwrite: bool, dry_run: bool, output_dir: Path | None) -> None:
     """Segment the job's queries in every scene: Zarr probability mosaics, GeoParquet polygons, run.json.
 
     Rerunning a job resumes it: finished tiles are not recomputed.
     """
-    run_job(job_file, scheduler=scheduler, overwrite=overwrite, dry_run=dry_run)
+    job = load_job(job_file)
+    if output_dir is not None:
+        job = job.model_copy(update={"output": job.output.model_copy(update={"dir": str(output_dir.resolve())})})
+    run_job(job, scheduler=scheduler, overwrite=overwrite, dry_run=dry_run)
