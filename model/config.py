@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rsrs.model.errors import ConfigError
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -86,14 +88,20 @@ def presets_dir() -> Path:
     return Path(str(resources.files("rsrs.configs"))) / "models"
 
 
-def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
-    """Validate a config mapping; errors name the source and the field path in one line."""
+def validate_config(schema: type[_Schema], data: Any, *, what: str, source: str) -> _Schema:
+    """Validate ``data`` against a pydantic schema; the first problem becomes one ConfigError line naming the
+    source and the field path (shared by model, training and other YAML configs)."""
     try:
-        return ModelConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"invalid model config {source}: {where}: {first['msg']}") from None
+        raise ConfigError(f"invalid {what} {source}: {where}: {first['msg']}") from None
+
+
+def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
+    """Validate a config mapping; errors name the source and the field path in one line."""
+    return validate_config(ModelConfig, data, what="model config", source=source)
 
 
 def load_model_config(path: str | Path) -> ModelConfig:

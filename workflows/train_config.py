@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rsrs.model.config import validate_config
 from rsrs.model.errors import ConfigError
 
 
@@ -88,12 +89,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"training config {path} is not valid YAML: {err}".replace("\n", " ")) from None
-    try:
-        config = TrainConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"invalid training config {path}: {where}: {first['msg']}") from None
+    config = validate_config(TrainConfig, data, what="training config", source=str(path))
     base = path.parent
     config.data.path = str((base / config.data.path).resolve())
     config.out_dir = str((base / config.out_dir).resolve())

@@ -162,14 +162,22 @@ class _Builder:
             car = self.add("car", colour, geom, road.angle)
             self.paints.append(Paint(geom, _jitter(rng, COLOURS["car"][colour], 8), (3, 1, 0), car.id))
 
+    def _place_rect(
+        self, category: str, w: float, h: float, angle: float, *, margin: float
+    ) -> tuple[Polygon, str] | None:
+        """A free spot for a w x h rectangle at ``angle`` and a colour drawn for ``category``; None when full."""
+        placed = self.place(lambda x, y: (rotated_rect(x, y, w, h, angle), angle), margin=margin)
+        if placed is None:
+            return None
+        return placed[0], str(self.rng.choice(list(COLOURS[category])))
+
     def field(self) -> None:
         rng = self.rng
         w, h, angle = rng.uniform(70, 150), rng.uniform(60, 120), float(rng.uniform(-40, 40))
-        placed = self.place(lambda x, y: (rotated_rect(x, y, w, h, angle), angle), margin=4)
+        placed = self._place_rect("field", w, h, angle, margin=4)
         if placed is None:
             return
-        geom, _ = placed
-        colour = str(rng.choice(list(COLOURS["field"])))
+        geom, colour = placed
         rgb = _jitter(rng, COLOURS["field"][colour], 8)
         field = self.add("field", colour, geom, angle)
         self.paints.append(Paint(geom, rgb, (4, 3, 4), field.id))
@@ -196,11 +204,10 @@ class _Builder:
         rng = self.rng
         w, angle = rng.uniform(44, 58), float(rng.uniform(-90, 90))
         h = w * 0.47
-        placed = self.place(lambda x, y: (rotated_rect(x, y, w, h, angle), angle), margin=6)
+        placed = self._place_rect("court", w, h, angle, margin=6)
         if placed is None:
             return
-        geom, _ = placed
-        colour = str(rng.choice(list(COLOURS["court"])))
+        geom, colour = placed
         court = self.add("court", colour, geom, angle)
         self.paints.append(Paint(geom, _jitter(rng, COLOURS["court"][colour], 6), (2, 1, 0), court.id))
         c = geom.centroid
@@ -213,11 +220,10 @@ class _Builder:
     def building(self) -> None:
         rng = self.rng
         w, h, angle = rng.uniform(16, 44), rng.uniform(14, 30), float(rng.uniform(-90, 90))
-        placed = self.place(lambda x, y: (rotated_rect(x, y, w, h, angle), angle), margin=5)
+        placed = self._place_rect("building", w, h, angle, margin=5)
         if placed is None:
             return
-        geom, _ = placed
-        colour = str(rng.choice(list(COLOURS["building"])))
+        geom, colour = placed
         rgb = _jitter(rng, COLOURS["building"][colour], 8)
         building = self.add("building", colour, geom, angle)
         shift = 0.12 * min(w, h) + 1.5
