@@ -1,10 +1,14 @@
 """Tile-batch inference, the body of one Dask task: read tiles -> model -> write cores -> polygonise.
 
 A task gets a :class:`BatchTask` (paths, ids and small specs, never weights or pixels) and returns a
-:class:`BatchResult` (polygons and numbers). The model lives in a per-process cache holding one model and
-the text features of its queries, so a worker loads it once (see ``rsrs.workflows.cluster``'s plugin,
-which warms this cache when a worker starts). While the model runs on one batch, a thread reads the next
-and another writes and polygonises the previous one.
+:class:`BatchResult` (polygons and numbers). Each process keeps one resident model, the text features of
+its queries and a *finisher* pool (see ``rsrs.workflows.cluster``'s plugin, which warms them when a worker
+starts). While the model runs on one batch, a thread reads the next; each predicted tile goes, as uint8
+codes, to the finisher, which writes its Zarr chunk, polygonises it and marks it done.
+
+On a GPU the finisher is a pool of processes: polygonising and Zarr writes hold the GIL, and in the model's
+process they would delay every kernel launch. Two tasks may share one GPU (each asks for half of it), so
+one reads while the other runs the model; a lock keeps the model to one batch at a time.
 
 Each tile is finished by writing its Zarr chunk and then its polygon sidecar ``<tiles_dir>/<key>.parquet``;
 the sidecar's presence is the resume marker, so a tile interrupted between the two is simply redone.
@@ -12,18 +16,20 @@ the sidecar's presence is the resume marker, so a tile interrupted between the t
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rsrs.pipeline.mosaic import decode_probability, encode_probability, write_core
-from rsrs.pipeline.polygons import TilePolygons, polygonise_core, save_tile
+from rsrs.pipeline.mosaic import mark_nodata, quantise, write_core
+from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
 from rsrs.pipeline.reading import read_tile
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
@@ -71,34 +77,75 @@ class BatchResult:
 class _Resident:
     spec: ModelRef
     model: RSRefSeg
+    finisher: Executor
     texts: dict[tuple[str, ...], TextFeatures] = field(default_factory=dict)
 
 
-IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel tile reads and chunk writes
+IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel tile reads (GDAL releases the GIL)
 _RESIDENT: _Resident | None = None  # one model per process; replaced (not accumulated) on a new spec
+_LOAD_LOCK = threading.Lock()  # tasks sharing a worker load the model once
+_MODEL_LOCK = threading.Lock()  # and run it one batch at a time
 
 
 def resident_model(spec: ModelRef, query_texts: Sequence[str]) -> tuple[RSRefSeg, TextFeatures]:
     """This process's model for ``spec`` and the text features of ``query_texts``, loaded/encoded once."""
-    global _RESIDENT
-    if _RESIDENT is None or _RESIDENT.spec != spec:
-        from rsrs.model import load_model
-
-        _RESIDENT = None  # let the old model go before loading a new one
-        model = load_model(spec.source, device=spec.device)
-        if model.device.type == "cuda":  # pay CUDA/cuBLAS/allocator set-up once here, not in the first tiles
+    resident = _resident(spec)
+    key = tuple(query_texts)
+    with _LOAD_LOCK:
+        if key not in resident.texts:
             import torch
 
-            size = model.sam_image_size
-            model.predict(torch.zeros(1, 3, size, size, dtype=torch.uint8), ["warm-up"])
-        _RESIDENT = _Resident(spec=spec, model=model)
-    key = tuple(query_texts)
-    if key not in _RESIDENT.texts:
-        import torch
+            with torch.no_grad():
+                resident.texts = {key: resident.model.encode_texts(list(key))}  # keep only the current job's
+        return resident.model, resident.texts[key]
 
-        with torch.no_grad():
-            _RESIDENT.texts = {key: _RESIDENT.model.encode_texts(list(key))}  # keep only the current job's
-    return _RESIDENT.model, _RESIDENT.texts[key]
+
+def _resident(spec: ModelRef) -> _Resident:
+    """Load (once) the model for ``spec`` and start the finisher pool that suits its device."""
+    global _RESIDENT
+    with _LOAD_LOCK:
+        if _RESIDENT is None or _RESIDENT.spec != spec:
+            from rsrs.model import load_model
+
+            if _RESIDENT is not None:  # let the old model and pool go before loading new ones
+                _RESIDENT.finisher.shutdown()
+                _RESIDENT = None
+            model = load_model(spec.source, device=spec.device)
+            if model.device.type == "cuda":  # pay CUDA/cuBLAS/allocator set-up once here, not in the first tiles
+                import torch
+
+                size = model.sam_image_size
+                model.predict(torch.zeros(1, 3, size, size, dtype=torch.uint8), ["warm-up"])
+            _RESIDENT = _Resident(spec=spec, model=model, finisher=_finisher(model.device.type))
+        return _RESIDENT
+
+
+def _finisher(device_type: str) -> Executor:
+    """Processes that finish tiles when the model is on a GPU (and this process may have children), else threads.
+
+    Dask's worker processes are daemons unless ``distributed.worker.daemon`` is False (``rsrs run``'s own
+    clusters set it); a daemon cannot start processes, so there tiles are finished in threads.
+    """
+    if device_type != "cuda" or multiprocessing.current_process().daemon:
+        return ThreadPoolExecutor(IO_THREADS, "rsrs-finish")
+    import torch
+
+    n = max(1, min(8, (os.cpu_count() or 2) // (2 * max(1, torch.cuda.device_count()))))
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))  # fmt: skip
+    list(pool.map(time.sleep, [0.5] * n))  # start all n now (imports included), not in the first tiles
+    return pool
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a finisher process: exit when the worker that started it is gone (e.g. killed), never linger."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="rsrs-parent-watch", daemon=True).start()
 
 
 def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
@@ -108,40 +155,48 @@ def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
 
 def run_batch(task: BatchTask) -> BatchResult:
     """Run the model over ``task.tiles`` in model batches of ``task.batch_size``, overlapping I/O with it."""
-    import torch
-
     model, text = resident_model(task.model, task.query_texts)
+    finisher = _resident(task.model).finisher
     result = BatchResult(scene_id=task.scene.id)
     groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
     Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
-    with (
-        ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io,
-        ThreadPoolExecutor(1, "rsrs-read") as reader,
-        ThreadPoolExecutor(1, "rsrs-write") as writer,
-    ):
+    finishing: list[Future[tuple[TilePolygons, float]]] = []
+    with ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io, ThreadPoolExecutor(1, "rsrs-read") as reader:
         pending_read = reader.submit(_read_group, io, task.scene, groups[0]) if groups else None
-        writes: list[Future[list[TilePolygons]]] = []
-        for g in range(len(groups)):
+        for g, group in enumerate(groups):
             assert pending_read is not None
             (rgb, valid), read_s = pending_read.result()  # B x 3 x T x T uint8, B x T x T bool
             result.read_s += read_s
             if g + 1 < len(groups):
                 pending_read = reader.submit(_read_group, io, task.scene, groups[g + 1])
-            has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(groups[g])])
-            probs = None
+            has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
+            codes = None
             if has_data.any():
                 start = time.perf_counter()
-                images = torch.from_numpy(rgb[has_data])
-                probs = model.predict(images, text).float().cpu().numpy()  # B' x Q x T x T
+                codes = _predict_codes(model, text, rgb[has_data])  # B' x Q x T x T uint8
                 result.model_s += time.perf_counter() - start
-            writes.append(writer.submit(_finish_group, io, task, groups[g], has_data, probs, valid))
-        for w in writes:
-            tiles, write_s = w.result()
-            result.polygons.extend(tiles)
-            result.write_s += write_s
+            rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
+            for b, tile in enumerate(group):
+                inner = (slice(None), *tile.core_in_read.slices())
+                core = mark_nodata(codes[rows[b]][inner].copy(), valid[b][inner[1:]]) if has_data[b] else None
+                finishing.append(finisher.submit(finish_tile, task, tile, core))
+    for done in finishing:
+        polygons, seconds = done.result()
+        result.polygons.append(polygons)
+        result.write_s += seconds
     result.skipped = sum(t.skipped for t in result.polygons)
     result.computed = len(result.polygons) - result.skipped
     return result
+
+
+def _predict_codes(model: RSRefSeg, text: TextFeatures, rgb: np.ndarray) -> np.ndarray:
+    """The model's probabilities quantised on its device: B x 3 x T x T uint8 -> B x Q x T x T uint8 codes."""
+    import torch
+
+    with _MODEL_LOCK:
+        images = torch.from_numpy(rgb).to(model.device)
+        probs = model.predict(images, text)  # B x Q x T x T float32, on the model's device
+        return quantise(probs).to(torch.uint8).cpu().numpy()
 
 
 def _read_group(
@@ -155,38 +210,17 @@ def _read_group(
     return (rgb, valid), time.perf_counter() - start
 
 
-def _finish_group(
-    io: ThreadPoolExecutor,
-    task: BatchTask,
-    tiles: Sequence[Tile],
-    has_data: np.ndarray,
-    probs: np.ndarray | None,
-    valid: np.ndarray,
-) -> tuple[list[TilePolygons], float]:
-    """Write each tile's core chunk, polygonise it and mark it done (tiles in parallel, each its own chunk)."""
+def finish_tile(task: BatchTask, tile: Tile, codes: np.ndarray | None) -> tuple[TilePolygons, float]:
+    """Write a tile's core chunk, polygonise it and mark it done; codes: Q x h x w uint8 of the core, or None
+    for a tile without valid pixels (nothing written, only the marker). Returns its polygons and seconds taken.
+    """
     start = time.perf_counter()
-    rows = np.cumsum(has_data) - 1  # row of each tile in ``probs`` (only tiles with data were predicted)
-
-    def finish(b: int, tile: Tile) -> TilePolygons:
-        if not has_data[b]:
-            polygons = TilePolygons.empty(tile.key, skipped=True)
-        else:
-            assert probs is not None
-            inner = tile.core_in_read.slices()
-            core_probs = probs[rows[b]][(slice(None), *inner)]  # Q x h x w
-            core_valid = valid[b][inner]  # h x w
-            codes = encode_probability(core_probs, core_valid)
-            write_core(Path(task.store), task.scene.id, tile.core, codes)
-            polygons = polygonise_core(  # from the stored values, so thresholding the mosaic agrees
-                decode_probability(codes),
-                core_valid,
-                key=tile.key,
-                core=tile.core,
-                scene_shape=task.scene.grid.shape,
-                threshold=task.threshold,
-            )
-        save_tile(polygons, tile_path(task.tiles_dir, tile))
-        return polygons
-
-    out = list(io.map(finish, range(len(tiles)), tiles))
-    return out, time.perf_counter() - start
+    if codes is None:
+        polygons = TilePolygons.empty(tile.key, skipped=True)
+    else:
+        write_core(Path(task.store), task.scene.id, tile.core, codes)
+        polygons = polygonise_codes(
+            codes, key=tile.key, core=tile.core, scene_shape=task.scene.grid.shape, threshold=task.threshold
+        )
+    save_tile(polygons, tile_path(task.tiles_dir, tile))
+    return polygons, time.perf_counter() - start

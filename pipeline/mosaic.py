@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import xarray as xr
@@ -26,6 +27,23 @@ VARIABLE = "probability"
 FILL = 255
 SCALE = 1 / 254
 _FINGERPRINT_ATTR = "rsrs_fingerprint"
+ArrayLike = TypeVar("ArrayLike")  # a numpy array or a torch tensor
+
+
+def quantise(probs: ArrayLike) -> ArrayLike:
+    """Probabilities in [0, 1] -> codes 0..254 (still floating point), for numpy arrays and torch tensors alike.
+
+    One formula for both, so a GPU worker quantises on the device before copying to the host (a quarter of
+    the bytes of float32) with exactly the arithmetic of :func:`encode_probability`.
+    """
+    return (probs.clip(0.0, 1.0) * (FILL - 1)).round()  # round half to even in numpy and torch
+
+
+def mark_nodata(codes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Set FILL where ``valid`` (H x W) is False, in place; codes: Q x H x W uint8. Returns ``codes``."""
+    assert valid.shape == codes.shape[1:], (valid.shape, codes.shape)
+    codes[:, ~valid] = FILL
+    return codes
 
 
 def encode_probability(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -33,11 +51,7 @@ def encode_probability(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     probs: Q x H x W float in [0, 1]; valid: H x W bool. Returns Q x H x W uint8 (FILL where not valid).
     """
-    Q, H, W = probs.shape
-    assert valid.shape == (H, W), (valid.shape, probs.shape)
-    codes = np.rint(np.clip(probs, 0.0, 1.0) / SCALE).astype(np.uint8)
-    codes[:, ~valid] = FILL
-    return codes
+    return mark_nodata(quantise(np.asarray(probs)).astype(np.uint8), valid)
 
 
 def decode_probability(codes: np.ndarray) -> np.ndarray:

@@ -24,8 +24,10 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio import features
+from scipy import ndimage
 
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
 
@@ -64,43 +66,38 @@ class TilePolygons:
         return len(self.query)
 
 
-def polygonise_core(
-    probs: np.ndarray,
-    valid: np.ndarray,
+def polygonise_codes(
+    codes: np.ndarray,
     *,
     key: str,
     core: PixelWindow,
     scene_shape: tuple[int, int],
     threshold: float,
 ) -> TilePolygons:
-    """Polygons of ``p > threshold`` within the valid pixels of one core.
+    """Polygons of ``p > threshold`` in one core's stored codes (see ``rsrs.pipeline.mosaic``).
 
-    probs: Q x H x W float probabilities of the core; valid: H x W bool; core: the core's window in the scene
-    (H x W). Regions are 4-connected (as ``rasterio.features.shapes``), so diagonal neighbours are separate.
+    codes: Q x H x W uint8 of the core (H x W = core); FILL pixels (no data) belong to no polygon. Working on
+    the stored codes makes the polygons agree exactly with thresholding the mosaic a reader opens. Regions
+    are 4-connected (as ``rasterio.features.shapes``), so diagonal neighbours are separate objects.
     """
-    Q, H, W = probs.shape
-    assert valid.shape == (H, W) == core.shape, (probs.shape, valid.shape, core)
+    Q, H, W = codes.shape
+    assert (H, W) == core.shape, (codes.shape, core)
+    values = decode_probability(np.arange(256, dtype=np.uint8))  # code -> probability (NaN at FILL)
+    above = values > threshold  # code -> inside an object (False at FILL)
+    weights = np.nan_to_num(values)
     to_scene_px = Affine.translation(core.col_off, core.row_off)  # core px -> scene px, exact integers
     parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     for q in range(Q):
-        mask = (probs[q] > threshold) & valid  # H x W
-        if not mask.any():
+        mask = above[codes[q]]  # H x W
+        labels, n = ndimage.label(mask)  # H x W int32: 4-connected regions 1..n
+        if n == 0:
             continue
-        geoms = [
-            shapely.geometry.shape(g)
-            for g, _ in features.shapes(mask.view(np.uint8), mask=mask, connectivity=4, transform=to_scene_px)
-        ]
-        # label each region by its polygon to sum probabilities inside it (pixel centres fall strictly inside)
-        labels = features.rasterize(
-            zip(geoms, range(1, len(geoms) + 1), strict=True),
-            out_shape=(H, W),
-            transform=to_scene_px,
-            dtype=np.int32,
-        )
-        n = len(geoms) + 1
-        prob_sum = np.bincount(labels.ravel(), weights=probs[q].ravel().astype(np.float64), minlength=n)[1:]
-        n_pixels = np.bincount(labels.ravel(), minlength=n)[1:]
-        parts.append((q, _objects(geoms), prob_sum, n_pixels))
+        shapes = features.shapes(labels, mask=mask, connectivity=4, transform=to_scene_px)
+        geoms, ids = zip(*((_polygon(g), int(v)) for g, v in shapes), strict=True)
+        prob_sum = np.bincount(labels.ravel(), weights=weights[codes[q]].ravel(), minlength=n + 1)
+        n_pixels = np.bincount(labels.ravel(), minlength=n + 1)
+        order = np.asarray(ids)
+        parts.append((q, _objects(geoms), prob_sum[order], n_pixels[order]))
     if not parts:
         return TilePolygons.empty(key)
     geometry = np.concatenate([p[1] for p in parts])
@@ -112,6 +109,12 @@ def polygonise_core(
         n_pixels=np.concatenate([p[3] for p in parts]).astype(np.int64),
         on_edge=_touches_internal_border(geometry, core, scene_shape),
     )
+
+
+def _polygon(geojson: dict) -> shapely.Polygon:
+    """A GeoJSON polygon from ``features.shapes`` as shapely (arrays per ring: much faster than ``shape()``)."""
+    shell, *holes = (np.asarray(ring, dtype=np.float64) for ring in geojson["coordinates"])
+    return shapely.Polygon(shell, holes)
 
 
 def _objects(items: Sequence[object]) -> np.ndarray:

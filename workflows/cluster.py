@@ -5,7 +5,9 @@
   (one worker per GPU) when it is installed and GPUs are present.
 - :class:`ResidentModelPlugin` loads the model once per worker when the worker joins (tasks then find it
   in :func:`rsrs.pipeline.infer.resident_model`'s per-process cache); tasks carry only small specs.
-- On GPU clusters every worker offers one ``GPU`` resource and every task asks for it.
+- On GPU clusters every worker offers one ``GPU`` resource and every task asks for half of it
+  (:data:`GPU_PER_TASK`): two tasks share a GPU so that one reads tiles while the other runs the model
+  (the model itself takes one batch at a time, see :mod:`rsrs.pipeline.infer`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from rsrs.model.errors import RsrsError
@@ -24,6 +27,9 @@ from rsrs.pipeline.infer import ModelRef, resident_model
 from rsrs.workflows.job import Compute
 
 log = logging.getLogger(__name__)
+
+#: The share of a worker's GPU one task asks for: two tasks per GPU keep it busy across task boundaries.
+GPU_PER_TASK = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,13 +51,16 @@ def _local_cluster(compute: Compute) -> LocalCluster:
     gpus = visible_gpus() if compute.gpus_per_worker != 0 else 0
     if gpus:
         n_workers = min(compute.n_workers, gpus)
-        if importlib.util.find_spec("dask_cuda") is not None:
-            from dask_cuda import LocalCUDACluster
+        threads = round(1 / GPU_PER_TASK)  # tasks sharing a GPU at once
+        # non-daemon workers may start processes: the pool that writes and polygonises tiles off the model's GIL
+        with dask.config.set({"distributed.worker.daemon": False}):
+            if importlib.util.find_spec("dask_cuda") is not None:
+                from dask_cuda import LocalCUDACluster
 
-            log.info("starting LocalCUDACluster with %d GPU workers", n_workers)
-            return LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, resources={"GPU": 1})
-        log.info("dask-cuda not installed: LocalCluster of %d GPU workers, pinned by worker name", n_workers)
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, resources={"GPU": 1})
+                log.info("starting LocalCUDACluster with %d GPU workers", n_workers)
+                return LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads, resources={"GPU": 1})
+            log.info("dask-cuda not installed: LocalCluster of %d GPU workers, pinned by worker name", n_workers)
+            return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, resources={"GPU": 1})
     log.info("starting LocalCluster with %d CPU workers", compute.n_workers)
     return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True)
 

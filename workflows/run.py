@@ -36,7 +36,7 @@ from rsrs.pipeline.polygons import (
 )
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import TileGrid, batched, plan_tiles
-from rsrs.workflows.cluster import bounded_map, dask_client, load_models, uses_gpus
+from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job, load_job
 from rsrs.workflows.overlay import write_overlay
@@ -226,12 +226,13 @@ def _compute(
         if progress:
             click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
         load_models(client, model, texts, local=not (scheduler or job.compute.scheduler))
-        resources = {"GPU": 1} if uses_gpus(client) else None
+        resources = {"GPU": GPU_PER_TASK} if uses_gpus(client) else None
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        running = round(1 / GPU_PER_TASK) if resources else 1  # tasks a worker runs at once
         bar = TileProgress(reports, enabled=progress)
         try:
             for task, outcome in bounded_map(
-                client, run_batch, tasks(), max_in_flight=2 * n_workers, resources=resources
+                client, run_batch, tasks(), max_in_flight=(running + 1) * n_workers, resources=resources
             ):
                 report = by_id[task.scene.id]
                 tasks_left[report.id] -= 1

@@ -8,13 +8,14 @@ import shapely
 from affine import Affine
 
 from rsrs.pipeline.geometry import RasterGrid
+from rsrs.pipeline.mosaic import decode_probability, encode_probability
 from rsrs.pipeline.polygons import (
     area_m2,
     empty_frame,
     load_tile,
     merge_tiles,
     polygon_frame,
-    polygonise_core,
+    polygonise_codes,
     save_tile,
     write_geoparquet,
 )
@@ -24,11 +25,12 @@ GRID = RasterGrid(shape=(64, 64), transform=Affine(2.0, 0, 500000.0, 0, -2.0, 41
 
 
 def _disc_field(shape, centre, radius, seed=0):
-    """(1, ny, nx) probabilities: a disc of 0.6..1 on a background of 0..0.4."""
+    """(1, ny, nx) probabilities as stored (multiples of 1/254): a disc of 0.6..1 on a background of 0..0.4."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
-    return np.where(inside, 0.6 + 0.4 * rng.random(shape), 0.4 * rng.random(shape))[None], inside
+    probs = np.where(inside, 0.6 + 0.4 * rng.random(shape), 0.4 * rng.random(shape))[None]
+    return decode_probability(encode_probability(probs, np.ones(shape, bool))), inside
 
 
 def _tile_polygons(probs, valid, tiles, threshold=0.5):
@@ -36,8 +38,8 @@ def _tile_polygons(probs, valid, tiles, threshold=0.5):
     for tile in tiles:
         rows, cols = tile.core.slices()
         out.append(
-            polygonise_core(
-                probs[:, rows, cols], valid[rows, cols], key=tile.key, core=tile.core,
+            polygonise_codes(
+                encode_probability(probs[:, rows, cols], valid[rows, cols]), key=tile.key, core=tile.core,
                 scene_shape=GRID.shape, threshold=threshold,
             )
         )  # fmt: skip
@@ -62,8 +64,8 @@ def test_merging_agrees_with_polygonising_the_whole_scene_at_once():
     rng = np.random.default_rng(3)
     probs = rng.random((2, *GRID.shape)) ** 3 * 2  # blobs of all shapes, two queries
     valid = rng.random(GRID.shape) > 0.05
-    whole = polygonise_core(probs, valid, key="all", core=GRID.full_window(), scene_shape=GRID.shape,
-                            threshold=0.5)  # fmt: skip
+    whole = polygonise_codes(encode_probability(probs, valid), key="all", core=GRID.full_window(),
+                             scene_shape=GRID.shape, threshold=0.5)  # fmt: skip
     merged = merge_tiles(_tile_polygons(probs, valid, plan_tiles(GRID, tile_size=20, overlap=0)))
     assert len(merged) == len(whole)
     for q in range(2):

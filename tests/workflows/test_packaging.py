@@ -36,7 +36,8 @@ def test_wheel_holds_the_three_layers_and_the_presets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"rsrs/model/rsrefseg.py", "rsrs/pipeline/geometry.py", "rsrs/workflows/cli.py"} <= names
     assert {"rsrs/configs/models/tiny.yaml", "rsrs/configs/models/rsrefseg-b.yaml"} <= names
-    assert {"rsrs/configs/models/demo.safetensors", "rsrs/configs/jobs/demo.yaml", "rsrs/configs/demo/scene.tif"} <= names
+    shipped_demo = {"models/demo.safetensors", "jobs/demo.yaml", "demo/scene.tif"}
+    assert {f"rsrs/configs/{name}" for name in shipped_demo} <= names
     assert not any(n.startswith(("model/", "pipeline/", "workflows/", "tests/")) for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "rsrs = rsrs.workflows.cli:main" in entry_points

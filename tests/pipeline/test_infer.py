@@ -1,0 +1,86 @@
+"""The body of a `rsrs run` task: device-side quantisation and finishing tiles in threads or processes."""
+
+import numpy as np
+import pytest
+import shapely
+import torch
+import zarr
+
+from rsrs.pipeline import infer
+from rsrs.pipeline.infer import BatchTask, ModelRef, run_batch
+from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
+from rsrs.pipeline.tiling import plan_tiles
+from rsrs.workflows.inputs import resolve_scenes
+from rsrs.workflows.job import Job
+from tests.rasters import write_geotiff
+
+
+def test_quantise_gives_the_same_codes_for_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    halfway = (np.arange(254) + 0.5) / 254  # values that sit on a rounding boundary
+    probs = np.concatenate([rng.random(10_000), halfway, [-0.2, 0.0, 1.0, 1.3]]).astype(np.float32)
+    from_numpy = quantise(probs)
+    from_torch = quantise(torch.from_numpy(probs)).numpy()
+    np.testing.assert_array_equal(from_numpy, from_torch)
+    assert from_numpy.min() == 0 and from_numpy.max() == 254
+    codes = encode_probability(probs.reshape(1, 1, -1), np.ones((1, probs.size), bool))
+    np.testing.assert_array_equal(codes.ravel(), from_numpy.astype(np.uint8))
+
+
+def _task(folder, model: ModelRef) -> BatchTask:
+    folder.mkdir()
+    write_geotiff(folder / "scene.tif", shape=(70, 90), nodata=0, seed=5)
+    job = Job.model_validate(
+        {"inputs": [{"geotiff": str(folder / "scene.tif")}], "queries": ["ponds"], "output": {"dir": str(folder)}}
+    )
+    scene = resolve_scenes(job).scenes[0]
+    tiles = plan_tiles(scene.grid, tile_size=40, overlap=8)
+    create_mosaic(folder / "masks.zarr", scene.id, scene.grid, query_ids=["q0", "q1"], query_texts=["a", "b"],
+                  chunk_size=tiles.core_size, fingerprint="test")  # fmt: skip
+    return BatchTask(
+        scene=scene,
+        tiles=tuple(tiles),
+        query_texts=("the dark ponds", "red roofs"),
+        model=model,
+        store=str(folder / "masks.zarr"),
+        tiles_dir=str(folder / "tiles"),
+        threshold=0.49,
+        batch_size=3,
+    )
+
+
+@pytest.fixture
+def finisher_kind(monkeypatch):
+    """Make the resident finisher a thread pool or a process pool (as on a GPU worker), whatever the device."""
+    real = infer._finisher
+
+    def use(kind: str) -> None:
+        if infer._RESIDENT is not None:
+            infer._RESIDENT.finisher.shutdown()
+        monkeypatch.setattr(infer, "_RESIDENT", None)
+        monkeypatch.setattr(infer, "_finisher", lambda _device: real("cuda" if kind == "processes" else "cpu"))
+
+    yield use
+    if infer._RESIDENT is not None:
+        infer._RESIDENT.finisher.shutdown()
+
+
+def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, finisher_kind):
+    outputs = {}
+    for kind in ("threads", "processes"):
+        finisher_kind(kind)
+        task = _task(tmp_path / kind, ModelRef("tiny", device="cpu"))
+        result = run_batch(task)
+        assert type(infer._RESIDENT.finisher).__name__ == ("ProcessPoolExecutor" if kind == "processes" else
+                                                           "ThreadPoolExecutor")  # fmt: skip
+        assert result.computed + result.skipped == len(task.tiles) and result.computed > 0
+        mosaic = zarr.open_array(task.store, path=f"{task.scene.id}/{VARIABLE}", mode="r")[:]
+        polygons = sorted(
+            (t.key, int(q), shapely.normalize(g).wkb, s)
+            for t in result.polygons
+            for q, g, s in zip(t.query, t.geometry, t.prob_sum, strict=True)
+        )
+        outputs[kind] = mosaic, polygons, sorted(p.name for p in (tmp_path / kind / "tiles").iterdir())
+    np.testing.assert_array_equal(outputs["threads"][0], outputs["processes"][0])
+    assert outputs["threads"][1] == outputs["processes"][1] and outputs["threads"][1]
+    assert outputs["threads"][2] == outputs["processes"][2]
