@@ -133,8 +133,13 @@ def _finisher(device_type: str) -> Executor:
     n = max(1, min(8, (os.cpu_count() or 2) // (2 * max(1, torch.cuda.device_count()))))
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
                                initargs=(os.getpid(),))  # fmt: skip
-    list(pool.map(time.sleep, [0.5] * n))  # start all n now (imports included), not in the first tiles
+    list(pool.map(_warm_finisher, [0.5] * n))  # start all n now (imports included), not in the first tiles
     return pool
+
+
+def _warm_finisher(seconds: float) -> None:
+    """A no-op task, long enough that each finisher process gets one (unpickling it imports this module)."""
+    time.sleep(seconds)
 
 
 def _exit_with_parent(parent: int) -> None:
