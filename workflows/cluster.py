@@ -1,8 +1,8 @@
 """The Dask cluster of ``rsrs run``: connect or start one, keep the model resident, bound tasks in flight.
 
 - ``compute.scheduler`` (or ``--scheduler``) connects to an existing cluster; otherwise a ``LocalCluster``
-  of ``compute.n_workers`` single-threaded worker processes starts, or dask-cuda's ``LocalCUDACluster``
-  (one worker per GPU) when it is installed and GPUs are present.
+  of ``compute.n_workers`` single-threaded worker processes starts, or with GPUs one two-threaded,
+  non-daemon worker per GPU (dask-cuda's ``LocalCUDACluster`` when it is installed).
 - :class:`ResidentModelPlugin` loads the model once per worker when the worker joins (tasks then find it
   in :func:`rsrs.pipeline.infer.resident_model`'s per-process cache); tasks carry only small specs.
 - On GPU clusters every worker offers one ``GPU`` resource and every task asks for half of it

@@ -1,10 +1,14 @@
 """The cluster helpers of `rsrs run`: bounded submission and the model resident per worker."""
 
+import multiprocessing
+
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, Event, LocalCluster
 
 from rsrs.pipeline.infer import ModelRef, resident_model
-from rsrs.workflows.cluster import bounded_map, load_models, uses_gpus
+from rsrs.workflows import cluster
+from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
+from rsrs.workflows.job import Compute
 
 TINY = ModelRef(source="tiny", device="cpu")
 
@@ -52,3 +56,24 @@ def test_model_is_loaded_once_and_reused_by_every_task(client):
     ids = {r for _, r in bounded_map(client, _model_identity, range(6), max_in_flight=4)}
     assert ids == {preloaded}
     assert not uses_gpus(client)
+
+
+def _meet(mine: str, other: str) -> bool:
+    """Set this task's event and wait for the other task's: returns only if both run at the same time."""
+    Event(mine).set()
+    return Event(other).wait(timeout=30)
+
+
+def _is_daemon() -> bool:
+    return multiprocessing.current_process().daemon
+
+
+def test_gpu_clusters_run_two_tasks_per_gpu_on_workers_that_may_start_processes(monkeypatch):
+    monkeypatch.setattr(cluster, "visible_gpus", lambda: 1)  # the GPU branch of the local cluster, on any machine
+    with dask_client(Compute(n_workers=1)) as client:
+        (worker,) = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert worker["resources"] == {"GPU": 1} and worker["nthreads"] == 2 and uses_gpus(client)
+        gpu = {"GPU": GPU_PER_TASK}
+        assert client.submit(_is_daemon, resources=gpu, pure=False).result() is False  # finisher pools allowed
+        both = [client.submit(_meet, a, b, resources=gpu, pure=False) for a, b in (("a", "b"), ("b", "a"))]
+        assert client.gather(both) == [True, True]
