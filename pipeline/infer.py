@@ -87,9 +87,15 @@ _LOAD_LOCK = threading.Lock()  # tasks sharing a worker load the model once
 _MODEL_LOCK = threading.Lock()  # and run it one batch at a time
 
 
-def resident_model(spec: ModelRef, query_texts: Sequence[str]) -> tuple[RSRefSeg, TextFeatures]:
-    """This process's model for ``spec`` and the text features of ``query_texts``, loaded/encoded once."""
-    resident = _resident(spec)
+def resident_model(
+    spec: ModelRef, query_texts: Sequence[str], *, warm_up: tuple[int, int] | None = None
+) -> tuple[RSRefSeg, TextFeatures]:
+    """This process's model for ``spec`` and the text features of ``query_texts``, loaded/encoded once.
+
+    ``warm_up=(batch, tile)``: on a GPU, run one batch of that shape when the model is loaded, so CUDA's and
+    the allocator's set-up for the job's shapes is paid here rather than in the first tiles.
+    """
+    resident = _resident(spec, warm_up or (1, 0))
     key = tuple(query_texts)
     with _LOAD_LOCK:
         if key not in resident.texts:
@@ -100,7 +106,7 @@ def resident_model(spec: ModelRef, query_texts: Sequence[str]) -> tuple[RSRefSeg
         return resident.model, resident.texts[key]
 
 
-def _resident(spec: ModelRef) -> _Resident:
+def _resident(spec: ModelRef, warm_up: tuple[int, int] = (1, 0)) -> _Resident:
     """Load (once) the model for ``spec`` and start the finisher pool that suits its device."""
     global _RESIDENT
     with _LOAD_LOCK:
@@ -111,11 +117,11 @@ def _resident(spec: ModelRef) -> _Resident:
                 _RESIDENT.finisher.shutdown()
                 _RESIDENT = None
             model = load_model(spec.source, device=spec.device)
-            if model.device.type == "cuda":  # pay CUDA/cuBLAS/allocator set-up once here, not in the first tiles
+            if model.device.type == "cuda":
                 import torch
 
-                size = model.sam_image_size
-                model.predict(torch.zeros(1, 3, size, size, dtype=torch.uint8), ["warm-up"])
+                batch, tile = warm_up[0], warm_up[1] or model.sam_image_size
+                model.predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=model.device), ["warm-up"])
             _RESIDENT = _Resident(spec=spec, model=model, finisher=_finisher(model.device.type))
         return _RESIDENT
 
@@ -177,9 +183,8 @@ def run_batch(task: BatchTask) -> BatchResult:
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
-                start = time.perf_counter()
-                codes = _predict_codes(model, text, rgb[has_data])  # B' x Q x T x T uint8
-                result.model_s += time.perf_counter() - start
+                codes, model_s = _predict_codes(model, text, rgb[has_data])  # B' x Q x T x T uint8
+                result.model_s += model_s
             rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
             for b, tile in enumerate(group):
                 inner = (slice(None), *tile.core_in_read.slices())
@@ -194,14 +199,19 @@ def run_batch(task: BatchTask) -> BatchResult:
     return result
 
 
-def _predict_codes(model: RSRefSeg, text: TextFeatures, rgb: np.ndarray) -> np.ndarray:
-    """The model's probabilities quantised on its device: B x 3 x T x T uint8 -> B x Q x T x T uint8 codes."""
+def _predict_codes(model: RSRefSeg, text: TextFeatures, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The model's probabilities quantised on its device, and the seconds it held the model.
+
+    rgb: B x 3 x T x T uint8  ->  B x Q x T x T uint8 codes
+    """
     import torch
 
     with _MODEL_LOCK:
+        start = time.perf_counter()
         images = torch.from_numpy(rgb).to(model.device)
         probs = model.predict(images, text)  # B x Q x T x T float32, on the model's device
-        return quantise(probs).to(torch.uint8).cpu().numpy()
+        codes = quantise(probs).to(torch.uint8).cpu().numpy()  # the copy to the host waits for the GPU
+        return codes, time.perf_counter() - start
 
 
 def _read_group(

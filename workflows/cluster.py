@@ -95,14 +95,23 @@ class ResidentModelPlugin(WorkerPlugin):
 
     ``torch_threads`` sets torch's intra-op threads (Dask's nanny starts workers with OMP_NUM_THREADS=1);
     None leaves the worker's setting. On a worker seeing several GPUs, the worker's integer name picks one.
+    ``warm_up=(batch, tile)``: the job's batch shape, run once on a GPU as the model loads.
     """
 
     name = "rsrs-resident-model"
 
-    def __init__(self, model: ModelRef, query_texts: tuple[str, ...], *, torch_threads: int | None) -> None:
+    def __init__(
+        self,
+        model: ModelRef,
+        query_texts: tuple[str, ...],
+        *,
+        torch_threads: int | None,
+        warm_up: tuple[int, int] | None = None,
+    ) -> None:
         self.model = model
         self.query_texts = query_texts
         self.torch_threads = torch_threads
+        self.warm_up = warm_up
 
     def setup(self, worker: Any) -> None:
         import torch
@@ -111,14 +120,22 @@ class ResidentModelPlugin(WorkerPlugin):
             torch.set_num_threads(self.torch_threads)
         if self.model.device != "cpu" and torch.cuda.device_count() > 1 and isinstance(worker.name, int):
             torch.cuda.set_device(worker.name % torch.cuda.device_count())
-        resident_model(self.model, self.query_texts)
+        resident_model(self.model, self.query_texts, warm_up=self.warm_up)
 
 
-def load_models(client: Client, model: ModelRef, query_texts: tuple[str, ...], *, local: bool) -> None:
+def load_models(
+    client: Client,
+    model: ModelRef,
+    query_texts: tuple[str, ...],
+    *,
+    local: bool,
+    warm_up: tuple[int, int] | None = None,
+) -> None:
     """Register :class:`ResidentModelPlugin` (blocks until every current worker has loaded the model)."""
     n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if local else None
-    responses = client.register_plugin(ResidentModelPlugin(model, query_texts, torch_threads=threads))
+    plugin = ResidentModelPlugin(model, query_texts, torch_threads=threads, warm_up=warm_up)
+    responses = client.register_plugin(plugin)
     errors = [r for r in (responses or {}).values() if isinstance(r, dict) and r.get("status") == "error"]
     if errors:
         raise ClusterError(f"workers could not load model {model.source!r}: {errors[0].get('exception')}")

@@ -225,7 +225,8 @@ def _compute(
     with dask_client(job.compute, scheduler=scheduler) as client:
         if progress:
             click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
-        load_models(client, model, texts, local=not (scheduler or job.compute.scheduler))
+        local = not (scheduler or job.compute.scheduler)
+        load_models(client, model, texts, local=local, warm_up=(job.tiling.batch_size, job.tiling.tile_size))
         resources = {"GPU": GPU_PER_TASK} if uses_gpus(client) else None
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         running = round(1 / GPU_PER_TASK) if resources else 1  # tasks a worker runs at once
