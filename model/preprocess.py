@@ -28,9 +28,9 @@ def sam_pixels(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int
     scale = size / max(H, W)
     h, w = round(H * scale), round(W * scale)
     x = images if (h, w) == (H, W) else F.interpolate(images, size=(h, w), mode="bilinear", antialias=True)
-    mean = torch.tensor(SAM_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(SAM_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    # per channel with Python scalars: a tensor of the statistics would be a blocking copy to the GPU per call
+    stats = enumerate(zip(SAM_MEAN, SAM_STD, strict=True))
+    x = torch.cat([(x[:, c : c + 1] - mean) / std for c, (mean, std) in stats], dim=1)
     return F.pad(x, (0, size - w, 0, size - h)), (h, w)
 
 

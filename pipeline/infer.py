@@ -35,7 +35,13 @@ from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
     from rsrs.model import RSRefSeg, TextFeatures
+
+    CodesFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,8 @@ class _Resident:
     spec: ModelRef
     model: RSRefSeg
     finisher: Executor
-    texts: dict[tuple[str, ...], TextFeatures] = field(default_factory=dict)
+    texts: dict[tuple[str, ...], TextFeatures] = field(default_factory=dict)  # the current job's queries only
+    predictors: dict[int, CodesFn] = field(default_factory=dict)  # by batch size, for those queries
 
 
 IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel tile reads (GDAL releases the GIL)
@@ -92,21 +99,58 @@ def resident_model(
 ) -> tuple[RSRefSeg, TextFeatures]:
     """This process's model for ``spec`` and the text features of ``query_texts``, loaded/encoded once.
 
-    ``warm_up=(batch, tile)``: on a GPU, run one batch of that shape when the model is loaded, so CUDA's and
-    the allocator's set-up for the job's shapes is paid here rather than in the first tiles.
+    ``warm_up=(batch, tile)``: on a GPU, prepare the job's batch shape when the model is loaded (CUDA graph
+    capture, allocator), so that set-up is paid here rather than in the first tiles.
     """
-    resident = _resident(spec, warm_up or (1, 0))
+    import torch
+
+    resident = _resident(spec)
     key = tuple(query_texts)
     with _LOAD_LOCK:
         if key not in resident.texts:
-            import torch
-
             with torch.no_grad():
-                resident.texts = {key: resident.model.encode_texts(list(key))}  # keep only the current job's
-        return resident.model, resident.texts[key]
+                resident.texts = {key: resident.model.encode_texts(list(key))}
+            resident.predictors = {}
+        text = resident.texts[key]
+    if warm_up is not None and resident.model.device.type == "cuda":
+        batch, tile = warm_up
+        predict = _predictor(resident, key, batch)
+        with _MODEL_LOCK:
+            predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=resident.model.device))
+    return resident.model, text
 
 
-def _resident(spec: ModelRef, warm_up: tuple[int, int] = (1, 0)) -> _Resident:
+def _predictor(resident: _Resident, query_texts: tuple[str, ...], batch: int) -> CodesFn:
+    """This process's :func:`codes_predictor` for ``query_texts`` (encoded by :func:`resident_model`), made once.
+
+    On a GPU it replays CUDA graphs (see ``rsrs.model.graphs``): in a worker whose other threads read and hand
+    on tiles, eager kernel launches wait for the GIL and the GPU idles.
+    """
+    with _LOAD_LOCK:
+        if batch not in resident.predictors:
+            resident.predictors[batch] = codes_predictor(resident.model, resident.texts[query_texts], batch=batch)
+        return resident.predictors[batch]
+
+
+def codes_predictor(model: RSRefSeg, text: TextFeatures, *, batch: int) -> CodesFn:
+    """The model's probabilities quantised on its device: B x 3 x T x T uint8 -> B x Q x T x T uint8 codes.
+
+    On a GPU, replayed from CUDA graphs captured for batches of ``batch`` tiles.
+    """
+    import torch
+
+    def codes(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return quantise(model.predict(images, text)).to(torch.uint8)
+
+    if model.device.type != "cuda":
+        return codes
+    from rsrs.model.graphs import GraphedBatches
+
+    return GraphedBatches(codes, batch=batch)
+
+
+def _resident(spec: ModelRef) -> _Resident:
     """Load (once) the model for ``spec`` and start the finisher pool that suits its device."""
     global _RESIDENT
     with _LOAD_LOCK:
@@ -117,11 +161,6 @@ def _resident(spec: ModelRef, warm_up: tuple[int, int] = (1, 0)) -> _Resident:
                 _RESIDENT.finisher.shutdown()
                 _RESIDENT = None
             model = load_model(spec.source, device=spec.device)
-            if model.device.type == "cuda":
-                import torch
-
-                batch, tile = warm_up[0], warm_up[1] or model.sam_image_size
-                model.predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=model.device), ["warm-up"])
             _RESIDENT = _Resident(spec=spec, model=model, finisher=_finisher(model.device.type))
         return _RESIDENT
 
@@ -166,8 +205,9 @@ def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
 
 def run_batch(task: BatchTask) -> BatchResult:
     """Run the model over ``task.tiles`` in model batches of ``task.batch_size``, overlapping I/O with it."""
-    model, text = resident_model(task.model, task.query_texts)
-    finisher = _resident(task.model).finisher
+    model, _text = resident_model(task.model, task.query_texts)
+    resident = _resident(task.model)
+    predict = _predictor(resident, task.query_texts, task.batch_size)
     result = BatchResult(scene_id=task.scene.id)
     groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
     Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
@@ -183,13 +223,13 @@ def run_batch(task: BatchTask) -> BatchResult:
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
-                codes, model_s = _predict_codes(model, text, rgb[has_data])  # B' x Q x T x T uint8
+                codes, model_s = _predict_codes(predict, model.device, rgb[has_data])  # B' x Q x T x T uint8
                 result.model_s += model_s
             rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
             for b, tile in enumerate(group):
                 inner = (slice(None), *tile.core_in_read.slices())
                 core = mark_nodata(codes[rows[b]][inner].copy(), valid[b][inner[1:]]) if has_data[b] else None
-                finishing.append(finisher.submit(finish_tile, task, tile, core))
+                finishing.append(resident.finisher.submit(finish_tile, task, tile, core))
     for done in finishing:
         polygons, seconds = done.result()
         result.polygons.append(polygons)
@@ -199,8 +239,8 @@ def run_batch(task: BatchTask) -> BatchResult:
     return result
 
 
-def _predict_codes(model: RSRefSeg, text: TextFeatures, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """The model's probabilities quantised on its device, and the seconds it held the model.
+def _predict_codes(predict: CodesFn, device: torch.device, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """``predict``'s codes for host tiles, and the seconds this thread held the model.
 
     rgb: B x 3 x T x T uint8  ->  B x Q x T x T uint8 codes
     """
@@ -208,9 +248,7 @@ def _predict_codes(model: RSRefSeg, text: TextFeatures, rgb: np.ndarray) -> tupl
 
     with _MODEL_LOCK:
         start = time.perf_counter()
-        images = torch.from_numpy(rgb).to(model.device)
-        probs = model.predict(images, text)  # B x Q x T x T float32, on the model's device
-        codes = quantise(probs).to(torch.uint8).cpu().numpy()  # the copy to the host waits for the GPU
+        codes = predict(torch.from_numpy(rgb).to(device)).cpu().numpy()  # the copy to the host waits for the GPU
         return codes, time.perf_counter() - start
 
 

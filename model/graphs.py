@@ -1,0 +1,70 @@
+"""Replaying a batch function from CUDA graphs: one Python call per batch instead of thousands of launches.
+
+Eager PyTorch launches every kernel of SAM and SigLIP from Python, one op at a time, and each launch needs the
+GIL. Inside a Dask worker other threads (reading tiles, handing results on) hold the GIL between launches, and
+the GPU waits: on an H100 such a thread slowed eager ``predict`` by about a quarter. A captured graph replays all
+the kernels with one call. It needs a function without host-device synchronisation (``predict`` has none
+before its result is copied back; ``tests/model/test_backbones.py`` checks that on a GPU) and fixed shapes,
+so a graph is captured per input shape, with smaller batches zero-padded to the captured batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GraphedBatches:
+    """``fn`` over batches of at most ``batch`` CUDA tensors, replayed from graphs captured on first use.
+
+    A shape whose capture fails (e.g. ``fn`` synchronises with the host) runs eagerly from then on, with a
+    warning. Not thread-safe: the graphs share their input and output buffers, so callers serialise calls.
+    """
+
+    def __init__(self, fn: BatchFn, *, batch: int) -> None:
+        self.fn = fn
+        self.batch = batch
+        self._graphs: dict[tuple, tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor] | None] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """fn(x) for x: N x ... on a CUDA device (N of any size; split into batches of ``self.batch``)."""
+        if len(x) > self.batch:
+            return torch.cat([self(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x)
+        captured = self._graphs[key]
+        if captured is None:
+            return self.fn(x)
+        static_in, graph, static_out = captured
+        n = len(x)
+        static_in[:n].copy_(x)
+        static_in[n:].zero_()
+        graph.replay()
+        return static_out[:n].clone()  # the next replay overwrites static_out
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor] | None:
+        """Warm ``fn`` up on a side stream (as CUDA graphs require), then capture it at the padded shape."""
+        static_in = torch.zeros((self.batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = self.fn(static_in)
+        except RuntimeError as err:
+            log.warning("CUDA graph capture failed for input %s; running eagerly (%s)", tuple(x.shape), err)
+            return None
+        finally:
+            torch.cuda.empty_cache()  # give back what the eager warm-up cached; the graph has its own pool
+        return static_in, graph, static_out

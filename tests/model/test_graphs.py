@@ -1,0 +1,41 @@
+"""CUDA-graph replay of batch functions (GPU only: CUDA graphs do not exist on the CPU)."""
+
+import logging
+
+import pytest
+import torch
+
+from rsrs.model.graphs import GraphedBatches
+from tests.model.conftest import random_tiles
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda():
+    from rsrs.model import load_model
+
+    return load_model("tiny", device="cuda")
+
+
+@pytest.mark.parametrize("n", [4, 3, 9])  # the captured batch, a smaller one (padded), several batches
+def test_graphed_predict_equals_eager_predict(tiny_cuda, n):
+    text = tiny_cuda.encode_texts(["the pond", "the road"])
+    graphed = GraphedBatches(lambda x: tiny_cuda.predict(x, text), batch=4)
+    tiles = random_tiles(n, batch=n).cuda()
+    expected = tiny_cuda.predict(tiles, text)
+    assert torch.allclose(graphed(tiles), expected, atol=1e-5)
+    other = random_tiles(100 + n, batch=n).cuda()  # the replay reads new inputs, not the captured ones
+    assert torch.allclose(graphed(other), tiny_cuda.predict(other, text), atol=1e-5)
+
+
+def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning(caplog):
+    def syncs(x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.sum().item() > 0)  # .item() copies to the host: not capturable
+
+    graphed = GraphedBatches(syncs, batch=2)
+    x = torch.arange(6.0, device="cuda").reshape(2, 3)
+    with caplog.at_level(logging.WARNING, logger="rsrs.model.graphs"):
+        assert torch.equal(graphed(x), x)
+        assert torch.equal(graphed(x + 1), x + 1)
+    assert "running eagerly" in caplog.text
