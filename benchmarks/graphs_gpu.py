@@ -1,0 +1,83 @@
+"""The workers' model function eager against replayed from CUDA graphs, alone and beside a busy Python thread.
+
+In a Dask worker other threads read tiles and hand results on while the model runs; every eager kernel launch
+then waits for the GIL. This measures what that costs the model (uint8 codes, host tiles in, host codes out,
+as ``rsrs.pipeline.infer`` runs it) with and without CUDA graphs, and checks that both give the same codes.
+
+Run on the GPU machine:  python -m benchmarks.graphs_gpu [--preset rsrefseg-b] [--batch 16] [--name graphs_gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._common import device_info, timed, write_result
+from benchmarks.run_gpu import QUERIES, random_init_config
+from rsrs.model import load_model
+from rsrs.pipeline.infer import codes_predictor
+from rsrs.pipeline.mosaic import quantise
+
+
+@contextmanager
+def busy_python_thread(tile: int) -> Iterator[None]:
+    """A thread doing what a worker's I/O threads do between launches: stacking, pickling, copying tiles."""
+    stop = threading.Event()
+    tiles = [np.random.randint(0, 255, (3, tile + 64, tile + 64), dtype=np.uint8) for _ in range(16)]
+
+    def work() -> None:
+        while not stop.is_set():
+            pickle.dumps(np.stack(tiles), protocol=5)
+            [t[:, :tile, :tile].copy() for t in tiles]
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="rsrefseg-b")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--name", default="graphs_gpu", help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(random_init_config(args.preset, Path(tmp)), device="cuda")
+    text = model.encode_texts(QUERIES[:1])
+    tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
+
+    def eager_codes(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return quantise(model.predict(images, text)).to(torch.uint8)
+
+    graphed_codes = codes_predictor(model, text, batch=args.batch)  # what the workers run
+    runs: dict[str, Callable[[], torch.Tensor]] = {
+        "eager": lambda: eager_codes(tiles.to(model.device)).cpu(),
+        "graphed": lambda: graphed_codes(tiles.to(model.device)).cpu(),
+    }
+    result: dict = {"preset": args.preset, **device_info(), "weights": "random init, bf16", "batch": args.batch}
+    result["max_code_difference"] = int((runs["eager"]().int() - runs["graphed"]().int()).abs().max())
+    for name, run in runs.items():
+        result[f"{name}_tiles_per_s"] = round(args.batch / timed(run, iters=6), 2)
+    with busy_python_thread(args.tile_size):
+        for name, run in runs.items():
+            result[f"{name}_beside_busy_thread_tiles_per_s"] = round(args.batch / timed(run, iters=6), 2)
+    result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    write_result(args.name, result)
+
+
+if __name__ == "__main__":
+    main()
