@@ -12,21 +12,23 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def tiny_cuda():
+def demo_cuda():
     from rsrs.model import load_model
 
-    return load_model("tiny", device="cuda")
+    return load_model("demo", device="cuda")  # trained: its masks depend on the tiles (tiny's random ones do not)
 
 
 @pytest.mark.parametrize("n", [4, 3, 9])  # the captured batch, a smaller one (padded), several batches
-def test_graphed_predict_equals_eager_predict(tiny_cuda, n):
-    text = tiny_cuda.encode_texts(["the pond", "the road"])
-    graphed = GraphedBatches(lambda x: tiny_cuda.predict(x, text), batch=4)
+def test_graphed_predict_equals_eager_predict(demo_cuda, n):
+    text = demo_cuda.encode_texts(["the pond", "the road"])
+    graphed = GraphedBatches(lambda x: demo_cuda.predict(x, text), batch=4)
     tiles = random_tiles(n, batch=n).cuda()
-    expected = tiny_cuda.predict(tiles, text)
-    assert torch.allclose(graphed(tiles), expected, atol=1e-5)
+    expected = demo_cuda.predict(tiles, text)
+    assert torch.allclose(graphed(tiles), expected, atol=2e-3)  # padded batches may pick other conv kernels
     other = random_tiles(100 + n, batch=n).cuda()  # the replay reads new inputs, not the captured ones
-    assert torch.allclose(graphed(other), tiny_cuda.predict(other, text), atol=1e-5)
+    expected_other = demo_cuda.predict(other, text)
+    assert (expected_other - expected).abs().mean() > 0.01  # so a stale replay could not pass
+    assert torch.allclose(graphed(other), expected_other, atol=2e-3)
 
 
 def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning(caplog):

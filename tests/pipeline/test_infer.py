@@ -84,3 +84,29 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
     np.testing.assert_array_equal(outputs["threads"][0], outputs["processes"][0])
     assert outputs["threads"][1] == outputs["processes"][1] and outputs["threads"][1]
     assert outputs["threads"][2] == outputs["processes"][2]
+
+
+@pytest.mark.gpu
+def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
+    """Two tasks' threads share one graphed model (its input and output buffers): codes must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import pairwise
+
+    from rsrs.model import load_model
+    from tests.model.conftest import random_tiles
+
+    model = load_model("demo", device="cuda")  # trained: its masks depend on the tiles (tiny's random ones do not)
+    text = model.encode_texts(["the pond", "the road"])
+    predict = infer.codes_predictor(model, text, batch=4)
+    batches = [random_tiles(seed, batch=4 if seed % 3 else 3).numpy() for seed in range(12)]
+    with torch.inference_mode():
+        expected = [quantise(model.predict(torch.from_numpy(b).cuda(), text)).to(torch.uint8).cpu() for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda b: infer._predict_codes(predict, model.device, b), batches))
+    assert all(not torch.equal(a[:3], b[:3]) for a, b in pairwise(expected)), "batches must differ"
+    for (codes, gpu_s), want in zip(got, expected, strict=True):
+        if len(want) == 4:  # the captured batch size: the very kernels eager runs
+            np.testing.assert_array_equal(codes, want.numpy())
+        else:  # padded to 4: other kernels, float rounding may move a code by one
+            assert np.abs(codes.astype(int) - want.numpy()).max() <= 1
+        assert gpu_s > 0
