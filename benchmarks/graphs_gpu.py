@@ -25,7 +25,6 @@ from benchmarks._common import device_info, timed, write_result
 from benchmarks.run_gpu import QUERIES, random_init_config
 from rsrs.model import load_model
 from rsrs.pipeline.infer import codes_predictor
-from rsrs.pipeline.mosaic import quantise
 
 
 @contextmanager
@@ -60,10 +59,7 @@ def main() -> None:
     text = model.encode_texts(QUERIES[:1])
     tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
 
-    def eager_codes(images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return quantise(model.predict(images, text)).to(torch.uint8)
-
+    eager_codes = codes_predictor(model, text, batch=args.batch, graphs=False)
     graphed_codes = codes_predictor(model, text, batch=args.batch)  # what the workers run
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "eager": lambda: eager_codes(tiles.to(model.device)).cpu(),

@@ -104,20 +104,26 @@ def resident_model(
     """
     import torch
 
-    resident = _resident(spec)
-    key = tuple(query_texts)
-    with _LOAD_LOCK:
-        if key not in resident.texts:
-            with torch.no_grad():
-                resident.texts = {key: resident.model.encode_texts(list(key))}
-            resident.predictors = {}
-        text = resident.texts[key]
+    resident = _with_texts(spec, tuple(query_texts))
     if warm_up is not None and resident.model.device.type == "cuda":
         batch, tile = warm_up
-        predict = _predictor(resident, key, batch)
+        predict = _predictor(resident, tuple(query_texts), batch)
         with _MODEL_LOCK:
             predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=resident.model.device))
-    return resident.model, text
+    return resident.model, resident.texts[tuple(query_texts)]
+
+
+def _with_texts(spec: ModelRef, query_texts: tuple[str, ...]) -> _Resident:
+    """This process's resident model with ``query_texts`` encoded (a new query set replaces the old one)."""
+    import torch
+
+    resident = _resident(spec)
+    with _LOAD_LOCK:
+        if query_texts not in resident.texts:
+            with torch.no_grad():
+                resident.texts = {query_texts: resident.model.encode_texts(list(query_texts))}
+            resident.predictors = {}
+    return resident
 
 
 def _predictor(resident: _Resident, query_texts: tuple[str, ...], batch: int) -> CodesFn:
@@ -132,10 +138,10 @@ def _predictor(resident: _Resident, query_texts: tuple[str, ...], batch: int) ->
         return resident.predictors[batch]
 
 
-def codes_predictor(model: RSRefSeg, text: TextFeatures, *, batch: int) -> CodesFn:
+def codes_predictor(model: RSRefSeg, text: TextFeatures, *, batch: int, graphs: bool = True) -> CodesFn:
     """The model's probabilities quantised on its device: B x 3 x T x T uint8 -> B x Q x T x T uint8 codes.
 
-    On a GPU, replayed from CUDA graphs captured for batches of ``batch`` tiles.
+    On a GPU (and with ``graphs``), replayed from CUDA graphs captured for batches of ``batch`` tiles.
     """
     import torch
 
@@ -143,7 +149,7 @@ def codes_predictor(model: RSRefSeg, text: TextFeatures, *, batch: int) -> Codes
         with torch.inference_mode():
             return quantise(model.predict(images, text)).to(torch.uint8)
 
-    if model.device.type != "cuda":
+    if not graphs or model.device.type != "cuda":
         return codes
     from rsrs.model.graphs import GraphedBatches
 
@@ -205,8 +211,7 @@ def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
 
 def run_batch(task: BatchTask) -> BatchResult:
     """Run the model over ``task.tiles`` in model batches of ``task.batch_size``, overlapping I/O with it."""
-    model, _text = resident_model(task.model, task.query_texts)
-    resident = _resident(task.model)
+    resident = _with_texts(task.model, task.query_texts)
     predict = _predictor(resident, task.query_texts, task.batch_size)
     result = BatchResult(scene_id=task.scene.id)
     groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
@@ -223,7 +228,7 @@ def run_batch(task: BatchTask) -> BatchResult:
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
-                codes, model_s = _predict_codes(predict, model.device, rgb[has_data])  # B' x Q x T x T uint8
+                codes, model_s = _predict_codes(predict, resident.model.device, rgb[has_data])  # B' x Q x T x T uint8
                 result.model_s += model_s
             rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
             for b, tile in enumerate(group):
