@@ -1,13 +1,17 @@
-"""Shared helpers of the GPU benchmarks: device description and CUDA-synchronised timing."""
+"""Shared helpers of the benchmarks: device description, CUDA-synchronised timing, a busy Python thread."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -45,3 +49,23 @@ def write_result(name: str, result: dict) -> None:
     for folder in filter(None, [os.environ.get("OUT"), str(Path(__file__).parent / "results")]):
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{name}.json").write_text(text + "\n")
+
+
+@contextmanager
+def busy_python_thread(tile: int) -> Iterator[None]:
+    """A thread doing what a worker's I/O threads do between launches: stacking, pickling, copying tiles."""
+    stop = threading.Event()
+    tiles = [np.random.randint(0, 255, (3, tile + 64, tile + 64), dtype=np.uint8) for _ in range(16)]
+
+    def work() -> None:
+        while not stop.is_set():
+            pickle.dumps(np.stack(tiles), protocol=5)
+            [t[:, :tile, :tile].copy() for t in tiles]
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -11,40 +11,16 @@ Run on the GPU machine:  python -m benchmarks.graphs_gpu [--preset rsrefseg-b] [
 from __future__ import annotations
 
 import argparse
-import pickle
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from benchmarks._common import device_info, timed, write_result
+from benchmarks._common import busy_python_thread, device_info, timed, write_result
 from benchmarks.run_gpu import QUERIES, random_init_config
 from rsrs.model import load_model
 from rsrs.pipeline.infer import codes_predictor
-
-
-@contextmanager
-def busy_python_thread(tile: int) -> Iterator[None]:
-    """A thread doing what a worker's I/O threads do between launches: stacking, pickling, copying tiles."""
-    stop = threading.Event()
-    tiles = [np.random.randint(0, 255, (3, tile + 64, tile + 64), dtype=np.uint8) for _ in range(16)]
-
-    def work() -> None:
-        while not stop.is_set():
-            pickle.dumps(np.stack(tiles), protocol=5)
-            [t[:, :tile, :tile].copy() for t in tiles]
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def main() -> None:

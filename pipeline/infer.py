@@ -30,7 +30,7 @@ import numpy as np
 
 from rsrs.pipeline.mosaic import mark_nodata, quantise, write_core
 from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
-from rsrs.pipeline.reading import read_tile
+from rsrs.pipeline.reading import read_tiles
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
 
@@ -88,7 +88,7 @@ class _Resident:
     predictors: dict[int, CodesFn] = field(default_factory=dict)  # by batch size, for those queries
 
 
-IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel tile reads (GDAL releases the GIL)
+IO_THREADS = min(8, os.cpu_count() or 1)  # per task: parallel reads and tile finishing (GDAL releases the GIL)
 _RESIDENT: _Resident | None = None  # one model per process; replaced (not accumulated) on a new spec
 _LOAD_LOCK = threading.Lock()  # tasks sharing a worker load the model once
 _MODEL_LOCK = threading.Lock()  # and run it one batch at a time
@@ -228,7 +228,8 @@ def run_batch(task: BatchTask) -> BatchResult:
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
-                codes, model_s = _predict_codes(predict, resident.model.device, rgb[has_data])  # B' x Q x T x T uint8
+                tiles = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
+                codes, model_s = _predict_codes(predict, resident.model.device, tiles)  # B' x Q x T x T uint8
                 result.model_s += model_s
             rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
             for b, tile in enumerate(group):
@@ -260,12 +261,10 @@ def _predict_codes(predict: CodesFn, device: torch.device, rgb: np.ndarray) -> t
 def _read_group(
     io: ThreadPoolExecutor, scene: Scene, tiles: Sequence[Tile]
 ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
-    """Read tiles' windows in parallel (GDAL releases the GIL): (B x 3 x T x T uint8, B x T x T bool), seconds."""
+    """Read tiles' windows, runs of neighbours in parallel: (B x 3 x T x T uint8, B x T x T bool), seconds."""
     start = time.perf_counter()
-    reads = list(io.map(lambda t: read_tile(scene, t.read), tiles))
-    rgb = np.stack([r[0] for r in reads])
-    valid = np.stack([r[1] for r in reads])
-    return (rgb, valid), time.perf_counter() - start
+    batch = read_tiles(scene, [t.read for t in tiles], map_fn=io.map)
+    return batch, time.perf_counter() - start
 
 
 def finish_tile(task: BatchTask, tile: Tile, codes: np.ndarray | None) -> tuple[TilePolygons, float]:

@@ -8,6 +8,7 @@ URLs here, and from STAC items in :mod:`rsrs.pipeline.stac`.
 from __future__ import annotations
 
 import glob
+import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -26,8 +27,10 @@ from rsrs.model.errors import InputDataError, RsrsError
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec, resolve_scaling
 
-#: GDAL settings for every open: no directory listing per remote file, a few retries on flaky servers.
+#: GDAL settings for every open: no directory listing per remote file, a few retries on flaky servers, and
+#: a few threads to decode the blocks of one read (GeoTIFF, GDAL >= 3.6) without the GIL.
 GDAL_ENV = {
+    "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1)),
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",

@@ -3,9 +3,10 @@ import pytest
 import rasterio
 
 from rsrs.pipeline.geometry import PixelWindow
-from rsrs.pipeline.reading import read_tile
+from rsrs.pipeline.reading import RUN_TILES, read_tile, read_tiles
 from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
 from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
+from rsrs.pipeline.tiling import plan_tiles
 from tests.rasters import invalid_region, write_band_files, write_geotiff
 from tests.servers import range_file_server
 
@@ -103,3 +104,56 @@ def test_reading_a_cog_over_http_equals_reading_the_file(tmp_path):
         remote = read_tile(scene_from_raster(f"{url}/cog.tif"), window)
     np.testing.assert_array_equal(remote[0], local[0])
     np.testing.assert_array_equal(remote[1], local[1])
+
+
+def _counting_map(runs: list):
+    """A ``map`` that records each run of windows it is given (one GDAL read each)."""
+
+    def map_fn(fn, items):
+        items = list(items)
+        runs.extend(items)
+        return map(fn, items)
+
+    return map_fn
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"nodata": 0}, {"alpha": True}, {"mask": True}, {"dtype": "uint16", "nodata": 0}]
+)
+def test_tiles_read_in_runs_equal_tiles_read_one_by_one(tmp_path, kwargs):
+    path = write_geotiff(tmp_path / "a.tif", shape=(150, 230), blocksize=32, **kwargs)
+    scene = scene_from_raster(str(path))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=48, overlap=8)]  # 5 rows x 8 cols, boundless edges
+    runs: list = []
+    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
+    assert rgb.shape == (40, 3, 48, 48) and valid.shape == (40, 48, 48)
+    assert len(runs) == 5  # one read per row of tiles (8 = RUN_TILES tiles each)
+    for b, window in enumerate(windows):
+        one_rgb, one_valid = read_tile(scene, window)
+        np.testing.assert_array_equal(rgb[b], one_rgb)
+        np.testing.assert_array_equal(valid[b], one_valid)
+
+
+def test_runs_break_at_gaps_row_changes_and_the_run_cap(tmp_path):
+    path = write_geotiff(tmp_path / "a.tif", shape=(64, 400))
+    scene = scene_from_raster(str(path))
+    tiles = list(plan_tiles(scene.grid, tile_size=24, overlap=4))  # 4 rows x 25 cols
+    chosen = [tiles[i] for i in (0, 1, 2, 4, 5, *range(25, 25 + RUN_TILES + 1))]  # a gap, then a long next row
+    runs: list = []
+    rgb, valid = read_tiles(scene, [t.read for t in chosen], map_fn=_counting_map(runs))
+    assert [len(r) for r in runs] == [3, 2, RUN_TILES, 1]
+    for b, tile in enumerate(chosen):
+        np.testing.assert_array_equal(rgb[b], read_tile(scene, tile.read)[0])
+
+
+def test_resampled_bands_read_in_runs_equal_tiles_read_one_by_one(tmp_path):
+    b04, b03, b02 = write_band_files(tmp_path, shape=(64, 64), res=10.0)  # B03 is 32 x 32 at 20 m
+    scene = scene_from_sources(
+        "s2", [BandSource(str(p), 1) for p in (b04, b03, b02)], scaling=ScalingSpec(), source="test"
+    )
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)]
+    rgb, valid = read_tiles(scene, windows)
+    for b, window in enumerate(windows):
+        one_rgb, one_valid = read_tile(scene, window)
+        np.testing.assert_array_equal(rgb[b], one_rgb)
+        np.testing.assert_array_equal(valid[b], one_valid)
