@@ -35,7 +35,14 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         super().end_headers()
 
+    delay = 0.0  # seconds added to every request (a remote store's round trip)
+
+    def do_HEAD(self) -> None:
+        time.sleep(self.delay)
+        super().do_HEAD()
+
     def do_GET(self) -> None:
+        time.sleep(self.delay)
         match = _RANGE.match(self.headers.get("Range", "").strip())
         path = Path(self.translate_path(self.path))
         if match is None or not path.is_file():
@@ -78,20 +85,20 @@ class _ErrorHandler(BaseHTTPRequestHandler):
     do_POST = do_GET
 
 
-def _handler(kind: str, arg: str):
+def _handler(kind: str, arg: str, delay: float = 0.0):
     if kind == "files":
-        return functools.partial(RangeRequestHandler, directory=arg)
+        return functools.partial(type("Handler", (RangeRequestHandler,), {"delay": delay}), directory=arg)
     return type("Handler", (_ErrorHandler,), {"status": HTTPStatus(int(arg))})
 
 
 @contextmanager
-def _serve(kind: str, arg: str) -> Iterator[str]:
+def _serve(kind: str, arg: str, delay: float = 0.0) -> Iterator[str]:
     """Run a server in a child process and yield its URL.
 
     A child process, not a thread: GDAL holds the GIL while it fetches, so a server thread in the test
     process could never answer it.
     """
-    proc = subprocess.Popen([sys.executable, __file__, kind, arg], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, kind, arg, str(delay)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         yield f"http://127.0.0.1:{port}"
@@ -101,9 +108,9 @@ def _serve(kind: str, arg: str) -> Iterator[str]:
 
 
 @contextmanager
-def range_file_server(root: str | Path) -> Iterator[str]:
-    """Serve ``root`` over HTTP with Range support; yields the base URL (no trailing slash)."""
-    with _serve("files", str(root)) as url:
+def range_file_server(root: str | Path, *, delay: float = 0.0) -> Iterator[str]:
+    """Serve ``root`` over HTTP with Range support, ``delay`` seconds per request; yields the base URL."""
+    with _serve("files", str(root), delay) as url:
         yield url
 
 
@@ -160,7 +167,7 @@ def rustac_api(items_path: str | Path, *, timeout_s: float = 30.0) -> Iterator[s
             proc.wait()
 
 
-if __name__ == "__main__":  # python servers.py files ROOT | status CODE: serve, print the port first
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sys.argv[1], sys.argv[2]))
+if __name__ == "__main__":  # python servers.py files ROOT DELAY | status CODE DELAY: serve, print the port first
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sys.argv[1], sys.argv[2], float(sys.argv[3])))
     print(server.server_address[1], flush=True)
     server.serve_forever()

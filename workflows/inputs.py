@@ -1,13 +1,15 @@
 """Turning a job's ``inputs`` into scenes, recording or raising on the ones that cannot be used.
 
 With ``on_error: skip`` every bad file, item or search becomes an :class:`InputFailure` and the rest still
-resolve; with ``on_error: fail`` the first one raises its one-line error.
+resolve; with ``on_error: fail`` the first one (in input order) raises its one-line error. Scenes are opened on
+a few threads: for remote rasters each open waits on several HTTP round trips.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rsrs.model.errors import RsrsError
@@ -16,6 +18,9 @@ from rsrs.pipeline.stac import load_items, scene_from_item
 from rsrs.workflows.job import InputSpec, Job
 
 log = logging.getLogger(__name__)
+
+#: Scenes opened at once while resolving inputs (GDAL waits on the network without the GIL for part of an open).
+RESOLVE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,8 @@ def _attempts(spec: InputSpec) -> Iterator[tuple[str, Callable[[], Scene]]]:
         )
 
 
-def resolve_scenes(job: Job) -> ResolvedInputs:
-    """Every scene of ``job``'s inputs; failures are recorded (``skip``) or raised (``fail``)."""
+def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS) -> ResolvedInputs:
+    """Every scene of ``job``'s inputs, ``threads`` opened at once; failures are recorded (``skip``) or raised."""
     resolved = ResolvedInputs()
 
     def failed(source: str, err: RsrsError) -> None:
@@ -72,16 +77,30 @@ def resolve_scenes(job: Job) -> ResolvedInputs:
         log.warning("skipping %s: %s", source, err)
         resolved.failures.append(InputFailure(source=source, message=str(err)))
 
+    entries: list[tuple[str, Callable[[], Scene] | RsrsError]] = []  # (source, how to open it or why not)
     for spec in job.inputs:
         try:
-            attempts = list(_attempts(spec))
+            entries += list(_attempts(spec))
         except RsrsError as err:
-            failed(spec.label, err)
-            continue
-        for source, make_scene in attempts:
-            try:
-                resolved.scenes.append(make_scene())
-            except RsrsError as err:
-                failed(source, err)
+            entries.append((spec.label, err))
+            if job.on_error == "fail":
+                break  # no later input can fail first
+    with ThreadPoolExecutor(threads, "rsrs-resolve") as pool:
+        outcomes = list(pool.map(_scene_or_error, [entry for _, entry in entries]))
+    for (source, _), outcome in zip(entries, outcomes, strict=True):
+        if isinstance(outcome, RsrsError):
+            failed(source, outcome)
+        else:
+            resolved.scenes.append(outcome)
     resolved.scenes = deduplicate_ids(resolved.scenes)
     return resolved
+
+
+def _scene_or_error(entry: Callable[[], Scene] | RsrsError) -> Scene | RsrsError:
+    """The scene an entry opens, or the rsrs error that says why it cannot be used (others propagate)."""
+    if isinstance(entry, RsrsError):  # its input could not even be listed
+        return entry
+    try:
+        return entry()
+    except RsrsError as err:
+        return err

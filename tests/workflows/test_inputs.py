@@ -87,3 +87,18 @@ def test_per_input_scaling_reaches_the_scene(tmp_path):
     write_geotiff(tmp_path / "u16.tif", shape=(16, 16), dtype="uint16")
     resolved = resolve_scenes(job([{"geotiff": str(tmp_path / "u16.tif"), "scaling": {"range": [0, 4000]}}]))
     assert resolved.scenes[0].scaling == ((0.0, 4000.0),) * 3
+
+
+def test_scenes_of_many_files_keep_input_order_and_fail_at_the_first_bad_one(tmp_path):
+    names = [f"s{i:02d}" for i in range(12)]  # opened on several threads
+    for name in names:
+        if name == "s03":
+            (tmp_path / f"{name}.tif").write_bytes(np.random.default_rng(3).bytes(2000))
+        else:
+            write_geotiff(tmp_path / f"{name}.tif", shape=(16, 16), crs=None if name == "s07" else "EPSG:32614")
+    pattern = {"geotiff": str(tmp_path / "s*.tif")}
+    resolved = resolve_scenes(job([pattern]))
+    assert [s.id for s in resolved.scenes] == [n for n in names if n not in ("s03", "s07")]
+    assert [f.source.rsplit("/", 1)[-1] for f in resolved.failures] == ["s03.tif", "s07.tif"]
+    with pytest.raises(SceneReadError, match="s03.tif"):
+        resolve_scenes(job([pattern], "fail"))
