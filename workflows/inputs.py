@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 from rsrs.model.errors import RsrsError
 from rsrs.pipeline.scenes import Scene, deduplicate_ids, expand_paths, scene_from_raster
 from rsrs.pipeline.stac import load_items, scene_from_item
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Scenes opened at once while resolving inputs (GDAL waits on the network without the GIL for part of an open).
 RESOLVE_THREADS = 8
+#: From this many scenes on, opening them shows a progress bar.
+PROGRESS_FROM = 20
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,11 @@ def _attempts(spec: InputSpec) -> Iterator[tuple[str, Callable[[], Scene]]]:
         )
 
 
-def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS) -> ResolvedInputs:
-    """Every scene of ``job``'s inputs, ``threads`` opened at once; failures are recorded (``skip``) or raised."""
+def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS, progress: bool = False) -> ResolvedInputs:
+    """Every scene of ``job``'s inputs, ``threads`` opened at once; failures are recorded (``skip``) or raised.
+
+    ``progress``: a bar over the scenes being opened (on stderr), when there are many.
+    """
     resolved = ResolvedInputs()
 
     def failed(source: str, err: RsrsError) -> None:
@@ -86,7 +93,10 @@ def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS) -> ResolvedInput
             if job.on_error == "fail":
                 break  # no later input can fail first
     with ThreadPoolExecutor(threads, "rsrs-resolve") as pool:
-        outcomes = list(pool.map(_scene_or_error, [entry for _, entry in entries]))
+        opened = pool.map(_scene_or_error, [entry for _, entry in entries])
+        bar = tqdm(opened, total=len(entries), desc="opening scenes", unit="scene", dynamic_ncols=True,
+                   disable=not progress or len(entries) < PROGRESS_FROM, leave=False)  # fmt: skip
+        outcomes = list(bar)
     for (source, _), outcome in zip(entries, outcomes, strict=True):
         if isinstance(outcome, RsrsError):
             failed(source, outcome)

@@ -66,7 +66,7 @@ def run_job(
     """Run a job (a validated :class:`Job` or a YAML path) and return its report, as written to run.json."""
     started = time.time()
     job = job_or_path if isinstance(job_or_path, Job) else load_job(job_or_path)
-    resolved = resolve_scenes(job)
+    resolved = resolve_scenes(job, progress=progress)
     scenes = resolved.scenes
     grids = {s.id: plan_tiles(s.grid, tile_size=job.tiling.tile_size, overlap=job.tiling.overlap) for s in scenes}
     reports = [SceneReport.planned(s, grids[s.id]) for s in scenes]
