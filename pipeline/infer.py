@@ -127,7 +127,7 @@ def _with_texts(spec: ModelRef, query_texts: tuple[str, ...]) -> _Resident:
 
 
 def _predictor(resident: _Resident, query_texts: tuple[str, ...], batch: int) -> CodesFn:
-    """This process's :func:`codes_predictor` for ``query_texts`` (encoded by :func:`resident_model`), made once.
+    """This process's :func:`codes_predictor` for ``query_texts`` (encoded by :func:`_with_texts`), made once.
 
     On a GPU it replays CUDA graphs (see ``rsrs.model.graphs``): in a worker whose other threads read and hand
     on tiles, eager kernel launches wait for the GIL and the GPU idles.

@@ -119,13 +119,7 @@ def _runs(windows: Sequence[PixelWindow]) -> Iterator[list[PixelWindow]]:
     """``windows`` in order, grouped into runs: same rows, each starting right of the last and touching it."""
     run: list[PixelWindow] = []
     for window in windows:
-        last = run[-1] if run else None
-        if (
-            last is not None
-            and len(run) < RUN_TILES
-            and (window.row_off, window.height) == (last.row_off, last.height)
-            and last.col_off < window.col_off <= last.col_end
-        ):
+        if run and len(run) < RUN_TILES and _continues(run[-1], window):
             run.append(window)
             continue
         if run:
@@ -133,6 +127,12 @@ def _runs(windows: Sequence[PixelWindow]) -> Iterator[list[PixelWindow]]:
         run = [window]
     if run:
         yield run
+
+
+def _continues(last: PixelWindow, window: PixelWindow) -> bool:
+    """``window`` lies on ``last``'s rows and starts right of it, overlapping or touching it."""
+    same_rows = (window.row_off, window.height) == (last.row_off, last.height)
+    return same_rows and last.col_off < window.col_off <= last.col_end
 
 
 def _union(run: Sequence[PixelWindow]) -> PixelWindow:

@@ -117,6 +117,14 @@ def _counting_map(runs: list):
     return map_fn
 
 
+def _assert_each_equals_its_own_read(scene, windows, rgb, valid) -> None:
+    """Batch entry b holds exactly what :func:`read_tile` gives for windows[b]."""
+    for b, window in enumerate(windows):
+        one_rgb, one_valid = read_tile(scene, window)
+        np.testing.assert_array_equal(rgb[b], one_rgb)
+        np.testing.assert_array_equal(valid[b], one_valid)
+
+
 @pytest.mark.parametrize(
     "kwargs", [{}, {"nodata": 0}, {"alpha": True}, {"mask": True}, {"dtype": "uint16", "nodata": 0}]
 )
@@ -128,10 +136,7 @@ def test_tiles_read_in_runs_equal_tiles_read_one_by_one(tmp_path, kwargs):
     rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
     assert rgb.shape == (40, 3, 48, 48) and valid.shape == (40, 48, 48)
     assert len(runs) == 5  # one read per row of tiles (8 = RUN_TILES tiles each)
-    for b, window in enumerate(windows):
-        one_rgb, one_valid = read_tile(scene, window)
-        np.testing.assert_array_equal(rgb[b], one_rgb)
-        np.testing.assert_array_equal(valid[b], one_valid)
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
 def test_runs_break_at_gaps_row_changes_and_the_run_cap(tmp_path):
@@ -140,10 +145,10 @@ def test_runs_break_at_gaps_row_changes_and_the_run_cap(tmp_path):
     tiles = list(plan_tiles(scene.grid, tile_size=24, overlap=4))  # 4 rows x 25 cols
     chosen = [tiles[i] for i in (0, 1, 2, 4, 5, *range(25, 25 + RUN_TILES + 1))]  # a gap, then a long next row
     runs: list = []
-    rgb, valid = read_tiles(scene, [t.read for t in chosen], map_fn=_counting_map(runs))
+    windows = [t.read for t in chosen]
+    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
     assert [len(r) for r in runs] == [3, 2, RUN_TILES, 1]
-    for b, tile in enumerate(chosen):
-        np.testing.assert_array_equal(rgb[b], read_tile(scene, tile.read)[0])
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
 def test_resampled_bands_read_in_runs_equal_tiles_read_one_by_one(tmp_path):
@@ -151,9 +156,8 @@ def test_resampled_bands_read_in_runs_equal_tiles_read_one_by_one(tmp_path):
     scene = scene_from_sources(
         "s2", [BandSource(str(p), 1) for p in (b04, b03, b02)], scaling=ScalingSpec(), source="test"
     )
-    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)]
-    rgb, valid = read_tiles(scene, windows)
-    for b, window in enumerate(windows):
-        one_rgb, one_valid = read_tile(scene, window)
-        np.testing.assert_array_equal(rgb[b], one_rgb)
-        np.testing.assert_array_equal(valid[b], one_valid)
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)]  # 4 rows x 4 cols
+    runs: list = []
+    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
+    assert [len(r) for r in runs] == [4, 4, 4, 4]  # read through the WarpedVRT one row at a time
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
