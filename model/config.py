@@ -71,10 +71,11 @@ class ModelConfig(_Strict):
     sam: SamSpec
     prompter: PrompterSpec = Field(default_factory=PrompterSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    trainable: Literal["lora", "all"] = Field(
+    trainable: Literal["lora", "all", "all_but_image_encoders"] = Field(
         "lora",
         description="'lora': LoRA + prompter + SAM prompt encoder/decoder + SigLIP logit scale/bias (reference); "
-        "'all': every parameter (for models trained from random init, such as 'demo')",
+        "'all': every parameter (for models trained from random init, such as 'demo'); "
+        "'all_but_image_encoders': 'all' with both image encoders frozen (their features can then be cached)",
     )
     init_seed: int = Field(0, description="seed for random-init weights, so a rebuilt base equals the trained one")
     checkpoint: str | None = Field(

@@ -4,6 +4,10 @@ LoRA goes on SAM's image encoder (``qkv``, ``proj``, ``lin1``, ``lin2``, the nec
 vision and text attention projections (``q/k/v/out_proj``) and text head. Trained: LoRA, the prompter, SAM's prompt
 encoder (its learned embeddings; the Fourier matrix is a fixed buffer in Meta's SAM) and mask decoder, and SigLIP's
 ``logit_scale``/``logit_bias``. Everything else stays frozen.
+
+Two other trained sets: ``all`` (every parameter, for models trained from random init) and
+``all_but_image_encoders`` (everything except SAM's and SigLIP's image encoders, whose features then never change,
+so training can compute them once: ``data.cache_image_features``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ _TRAINED_MODULES = re.compile(
     r"^(prompter\.|sam\.mask_decoder\.|sam\.prompt_encoder\.(?!shared_embedding\.)|siglip\.logit_(scale|bias)$)"
 )
 _LORA_PARAM = re.compile(r"\.lora_(A|B)\.")
+IMAGE_ENCODERS = ("sam.vision_encoder.", "siglip.vision_model.")
 
 
 def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float) -> None:
@@ -38,9 +43,12 @@ def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float) -> Non
 
 
 def is_trained(name: str, *, mode: str) -> bool:
-    """Whether a parameter (by its name in RSRefSeg) is trained under ``mode`` ('lora' or 'all')."""
+    """Whether a parameter (by its name in RSRefSeg) is trained under ``mode`` ('lora', 'all' or
+    'all_but_image_encoders')."""
     if mode == "all":
         return True
+    if mode == "all_but_image_encoders":
+        return not name.startswith(IMAGE_ENCODERS)
     return bool(_LORA_PARAM.search(name) or _TRAINED_MODULES.match(name))
 
 
@@ -48,3 +56,8 @@ def mark_trainable(model: nn.Module, *, mode: str) -> None:
     """Set ``requires_grad`` on exactly the trained parameter set."""
     for name, param in model.named_parameters():
         param.requires_grad_(is_trained(name, mode=mode))
+
+
+def image_encoders_frozen(model: nn.Module) -> bool:
+    """Whether no parameter of either image encoder trains (so image features are fixed through training)."""
+    return not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(IMAGE_ENCODERS))

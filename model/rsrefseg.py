@@ -160,12 +160,13 @@ class RSRefSeg(nn.Module):
 
     # ---- training and inference entry points ------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, texts: Sequence[str] | TextFeatures) -> MaskOutput:
+    def forward(self, images: torch.Tensor | ImageFeatures, texts: Sequence[str] | TextFeatures) -> MaskOutput:
         """Differentiable path for training: query ``i`` refers to image ``i``.
 
-        images: B x 3 x H x W; texts: B queries  ->  logits B x 1 x H x W
+        images: B x 3 x H x W, or their features when the image encoders are frozen and cached; texts: B queries
+        ->  logits B x 1 x H x W
         """
-        feats = self.encode_images(images)
+        feats = images if isinstance(images, ImageFeatures) else self.encode_images(images)
         text = texts if isinstance(texts, TextFeatures) else self.encode_texts(texts)
         if len(text) != len(feats):
             raise ValueError(f"forward pairs image i with query i: got {len(feats)} images, {len(text)} queries")

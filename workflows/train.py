@@ -17,6 +17,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -28,10 +29,11 @@ from torch.utils.data import DataLoader
 from rsrs.model import load_model, save_checkpoint
 from rsrs.model.checkpoint import apply_checkpoint
 from rsrs.model.errors import ConfigError
-from rsrs.model.lora import mark_trainable
+from rsrs.model.lora import image_encoders_frozen, mark_trainable
 from rsrs.model.losses import bce_dice_loss
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.workflows.evaluate import model_predictor, score_dataset
+from rsrs.workflows.feature_cache import FeatureCache, image_feature_cache
 from rsrs.workflows.metrics import summarize
 from rsrs.workflows.train_config import TrainConfig, load_train_config
 from rsrs.workflows.train_data import ReferringBatches, ResumableSampler
@@ -181,8 +183,13 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    train_reader = open_dataset(config.data.format, config.data.path, config.data.train_split)
+    cache = None
+    if config.data.cache_image_features:
+        cache = _feature_cache(model, train_reader, config, ddp, autocast=use_bf16)
     train_set = ReferringBatches(
-        open_dataset(config.data.format, config.data.path, config.data.train_split), size=config.data.image_size
+        train_reader, size=config.data.image_size, image_rows=cache.rows if cache is not None else None
     )
     val_reader = (
         open_dataset(config.data.format, config.data.path, config.data.val_split) if (config.data.val_split) else None
@@ -192,7 +199,6 @@ def train(
             f"training split '{config.data.train_split}' has {len(train_set)} samples, fewer than one batch "
             f"({config.optim.batch_size} x {ddp.world} processes); lower optim.batch_size"
         )
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     metrics = MetricLog(out_dir, enabled=ddp.is_main)
     bar = None
     if ddp.is_main and show_progress:
@@ -219,8 +225,12 @@ def train(
             num_workers=config.data.num_workers,
             persistent_workers=False,
         )
-        for images, masks, sentences in loader:
-            images, masks = images.to(device), masks.to(device)
+        for inputs, masks, sentences in loader:  # inputs: images, or rows of the feature cache
+            if cache is not None:
+                images = cache.features(inputs, device=device, dtype=model.dtype)
+            else:
+                images = inputs.to(device)
+            masks = masks.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(images, list(sentences)).logits[:, 0]  # B x H x W
             loss = bce_dice_loss(logits, masks, bce_weight=config.loss.bce_weight, dice_weight=config.loss.dice_weight)
@@ -275,6 +285,29 @@ def train(
         "out_dir": str(out_dir),
         "world_size": ddp.world,
     }
+
+
+def _feature_cache(model, reader, config: TrainConfig, ddp: Distributed, *, autocast: bool) -> FeatureCache:
+    """The training split's image features, computed once by rank 0 (the other ranks then open its files)."""
+    if not image_encoders_frozen(model):
+        raise ConfigError(
+            "data.cache_image_features needs both image encoders frozen, but this model trains them; "
+            "set model.trainable: all_but_image_encoders"
+        )
+    build = partial(
+        image_feature_cache,
+        model,
+        reader,
+        size=config.data.image_size,
+        out_dir=Path(config.out_dir),
+        batch_size=config.optim.batch_size,
+        autocast=autocast,
+    )
+    if ddp.is_main:
+        cache = build(progress=True)
+    if ddp.world > 1:
+        dist.barrier()
+    return cache if ddp.is_main else build(progress=False)
 
 
 def _out_of_time(started: float, max_minutes: float | None, ddp: Distributed, device: torch.device) -> bool:

@@ -22,8 +22,10 @@ class TrainModel(_Strict):
     preset: str | None = None
     config: str | None = None
     init_checkpoint: str | None = Field(None, description="start from these trained weights")
-    trainable: Literal["lora", "all"] | None = Field(
-        None, description="override the model's trained set: 'all' for models without pretrained backbones"
+    trainable: Literal["lora", "all", "all_but_image_encoders"] | None = Field(
+        None,
+        description="override the model's trained set: 'all' for models without pretrained backbones; "
+        "'all_but_image_encoders' to fine-tune text, prompter and mask decoder on fixed image features",
     )
 
     @model_validator(mode="after")
@@ -43,6 +45,11 @@ class TrainData(_Strict):
     image_size: int = Field(512, gt=0, description="samples are resized to image_size x image_size for batching")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     max_val_samples: int | None = Field(None, gt=0, description="validate on the first N samples only")
+    cache_image_features: bool = Field(
+        False,
+        description="compute each training image's features once (needs model.trainable: all_but_image_encoders "
+        "or another set that freezes both image encoders); steps then skip the image encoders",
+    )
 
 
 class Optim(_Strict):

@@ -12,28 +12,35 @@ from torch.utils.data import Dataset, Sampler
 from rsrs.workflows.evaluate import image_to_tensor
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image H x W x 3 uint8 and mask H x W bool -> 3 x size x size uint8 and size x size float (nearest)."""
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """Mask H x W bool -> size x size float (nearest)."""
     m = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]  # 1 x 1 x H x W
     if m.shape[-2:] != (size, size):
         m = F.interpolate(m, size=(size, size), mode="nearest")
-    return image_to_tensor(image, (size, size)), m[0, 0]
+    return m[0, 0]
 
 
 class ReferringBatches(Dataset):
-    """A dataset reader (len + getitem of samples with image, mask, sentence) as fixed-size training tensors."""
+    """A dataset reader (len + getitem of samples with image, mask, sentence) as fixed-size training tensors.
 
-    def __init__(self, reader: Sequence, *, size: int) -> None:
+    Item ``i`` is (image 3 x size x size uint8, mask size x size float, sentence). With ``image_rows`` (the
+    row of each sample's image in a feature cache) the first element is that row instead of the pixels.
+    """
+
+    def __init__(self, reader: Sequence, *, size: int, image_rows: Sequence[int] | None = None) -> None:
         self.reader = reader
         self.size = size
+        self.image_rows = image_rows
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | int, torch.Tensor, str]:
         sample = self.reader[index]
-        image, mask = resize_pair(sample.image, sample.mask, self.size)
-        return image, mask, sample.sentence
+        mask = resize_mask(sample.mask, self.size)
+        if self.image_rows is not None:
+            return self.image_rows[index], mask, sample.sentence
+        return image_to_tensor(sample.image, (self.size, self.size)), mask, sample.sentence
 
 
 class ResumableSampler(Sampler[int]):

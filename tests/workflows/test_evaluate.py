@@ -7,10 +7,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from rsrs.model import load_model
 from rsrs.pipeline.datasets import DatasetFormatError, open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli
-from rsrs.workflows.evaluate import evaluate, parse_data_spec
+from rsrs.workflows.evaluate import evaluate, model_predictor, parse_data_spec
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,19 @@ def test_cli_scores_the_tiny_model_end_to_end(dataset, tmp_path):
     assert {"id", "intersection", "union", "iou"} <= set(report["samples"][0])
     assert {"gIoU", "cIoU", "Pr@0.5", "Pr@0.9"} <= set(report["metrics"])
     assert len(list((tmp_path / "preds").glob("*.png"))) == n
+
+
+def test_model_predictor_encodes_a_shared_image_once_and_answers_as_per_sample_runs():
+    model = load_model("tiny", device="cpu")
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    images, sentences = [a, b, a.copy()], ["the red building", "the pond", "the largest field"]
+    encoded = []
+    encode = model.encode_images
+    model.encode_images = lambda batch: encoded.append(len(batch)) or encode(batch)
+    together = model_predictor(model)(images, sentences)
+    assert encoded == [2]
+    alone = [model_predictor(model)([im], [s])[0] for im, s in zip(images, sentences, strict=True)]
+    for joint, single in zip(together, alone, strict=True):
+        np.testing.assert_allclose(joint, single, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together[0], together[2])  # one image, two expressions, two answers

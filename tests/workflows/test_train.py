@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,7 +17,8 @@ from rsrs.model.errors import ConfigError
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli
-from rsrs.workflows.evaluate import model_predictor, score_dataset
+from rsrs.workflows.evaluate import image_to_tensor, model_predictor, score_dataset
+from rsrs.workflows.feature_cache import image_feature_cache
 from rsrs.workflows.metrics import summarize
 from rsrs.workflows.train import train
 from rsrs.workflows.train_config import load_train_config
@@ -167,3 +169,56 @@ def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
     assert all(r["world_size"] == 2 for r in records)
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=False)
     assert state["progress"]["step"] == 4 and len(state["rng"]) == 2
+
+
+def test_cached_features_are_what_the_image_encoders_compute_and_follow_their_weights(tmp_path, chips):
+    model = load_model("tiny", device="cpu", dtype="float32")
+    reader = open_dataset("manifest", chips, "train")
+    cache = image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
+    assert sorted(set(cache.rows)) == list(range(cache.sam.shape[0]))
+    assert cache.sam.shape[0] < len(reader)  # chips carry several expressions; each image is encoded once
+
+    picks = [0, 1, len(reader) - 1]
+    cached = cache.features(
+        torch.tensor([cache.rows[i] for i in picks]), device=torch.device("cpu"), dtype=torch.float32
+    )
+    with torch.no_grad():
+        direct = model.encode_images(torch.stack([image_to_tensor(reader[i].image, (96, 96)) for i in picks]))
+    torch.testing.assert_close(cached.sam, direct.sam, rtol=1e-5, atol=0)
+    torch.testing.assert_close(cached.siglip, direct.siglip, rtol=1e-5, atol=1e-6)
+    assert (cached.grid, cached.input_shape, cached.valid_shape) == (direct.grid, (96, 96), direct.valid_shape)
+
+    written = (tmp_path / "image_features" / "sam.npy").stat().st_mtime_ns
+    image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
+    assert (tmp_path / "image_features" / "sam.npy").stat().st_mtime_ns == written  # same fingerprint: reused
+    with torch.no_grad():
+        model.sam.vision_encoder.patch_embed.projection.weight.mul_(2)
+    rebuilt = image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
+    assert not np.array_equal(rebuilt.sam[0], cached.sam[0].numpy())
+
+
+def test_training_on_cached_features_follows_training_on_images(tmp_path, chips):
+    runs = {}
+    for cached in (False, True):
+        overrides = {"model.trainable": "all_but_image_encoders", "data.cache_image_features": cached}
+        config = load_train_config(_config(tmp_path / str(cached), chips, **overrides))
+        train(config, show_progress=False)
+        runs[cached] = Path(config.out_dir)
+    losses = {cached: [r["loss"] for r in _records(out, "train")] for cached, out in runs.items()}
+    assert len(losses[True]) == 6
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    plain, fast = load_file(runs[False] / "last.safetensors"), load_file(runs[True] / "last.safetensors")
+    assert plain.keys() == fast.keys()
+    assert not any(k.startswith(("sam.vision_encoder.", "siglip.vision_model.")) for k in fast)
+    assert any(k.startswith("siglip.text_model.") for k in fast)
+    for key in fast:
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-4, atol=1e-5)
+    assert (runs[True] / "image_features" / "meta.json").exists()
+
+
+def test_cached_features_need_frozen_image_encoders(tmp_path, chips):
+    config = load_train_config(
+        _config(tmp_path, chips, **{"model.trainable": "all", "data.cache_image_features": True})
+    )
+    with pytest.raises(ConfigError, match="trainable: all_but_image_encoders"):
+        train(config, show_progress=False)
