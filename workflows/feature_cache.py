@@ -2,10 +2,11 @@
 
 When neither image encoder trains, each training image's SAM embedding and SigLIP tokens are the same at every
 step. Computing them once and reading them back leaves a step only the text encoder, prompter and mask decoder:
-for the ``demo`` model on CPU that is about 15x less work per sample. The cache is two float32 ``.npy`` arrays
-(exactly what the encoders return; float16 would flush tiny activations to zero), one row per distinct image, in OUT_DIR/image_features/, opened memory-mapped. It is written under a temporary
-name and renamed, and reused (by ``--resume`` or a rerun) only when its fingerprint still matches: the image
-encoders' weights, the image size and the list of images.
+for the ``demo`` model on CPU that is about 15x less work per sample. The cache is two float32 ``.npy``
+arrays (exactly what the encoders return; float16 would flush tiny activations to zero), one row per distinct
+image, in OUT_DIR/image_features/, opened memory-mapped. It is written under a temporary name and renamed, and
+reused (by ``--resume`` or a rerun) only when its fingerprint still matches: the image encoders' weights, the
+image size and the list of images.
 """
 
 from __future__ import annotations
