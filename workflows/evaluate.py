@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rsrs.pipeline.datasets import FORMATS, DatasetFormatError, ReferringDataset, open_dataset
-from rsrs.workflows.metrics import SampleScore, score_sample, summarize, summarize_by_category
+from rsrs.workflows.metrics import SampleScore, score_sample, summarize, summarize_by
 
 # images: list of (H_i, W_i, 3) uint8; sentences: one per image -> list of (H_i, W_i) float probabilities.
 Predictor = Callable[[Sequence[np.ndarray], Sequence[str]], Sequence[np.ndarray]]
@@ -116,7 +116,8 @@ def score_dataset(
                 prediction = np.asarray(p) > threshold
                 if prediction.shape != sample.mask.shape:  # predictors answer at image size; masks rule
                     prediction = np.asarray(Image.fromarray(prediction).resize(sample.mask.shape[::-1], Image.NEAREST))
-                scores.append(score_sample(sample.id, prediction, sample.mask, sample.category))
+                form = sample.metadata.get("form")
+                scores.append(score_sample(sample.id, prediction, sample.mask, sample.category, form))
                 if on_prediction is not None:
                     on_prediction(sample.id, prediction)
             bar.update(len(samples))
@@ -124,12 +125,14 @@ def score_dataset(
 
 
 def report(scores: Sequence[SampleScore], *, model: dict, data: dict) -> dict:
-    """The evaluation report: what was scored, overall and per-category metrics, and every sample's counts."""
+    """The evaluation report: what was scored, overall and per-category metrics (and per expression form when the
+    dataset records forms), and every sample's counts."""
     return {
         "model": model,
         "data": data,
         "metrics": summarize(scores),
-        "per_category": summarize_by_category(scores),
+        "per_category": summarize_by(scores, "category"),
+        **({"per_form": summarize_by(scores, "form")} if any(s.form for s in scores) else {}),
         "samples": [s.to_json() for s in scores],
     }
 
@@ -258,7 +261,8 @@ def evaluate_command(
     threshold: float,
     limit: int | None,
 ) -> None:
-    """Score a model on a referring dataset: gIoU, cIoU and Pr@0.5..0.9, overall and per category.
+    """Score a model on a referring dataset: gIoU, cIoU and Pr@0.5..0.9, overall, per category and (for `rsrs
+    synth` data) per expression form.
 
     \b
     Examples:
@@ -289,8 +293,12 @@ def evaluate_command(
     metrics = result["metrics"]
     click.echo(f"{metrics['samples']} samples of {data_spec} ({split})")
     click.echo("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "samples"))
-    for category, m in result["per_category"].items():
-        click.echo(f"  {category:<12} n={m['samples']:<5} gIoU {m['gIoU']:.4f}  cIoU {m['cIoU']:.4f}")
+    for title, key in (("per category", "per_category"), ("per expression form", "per_form")):
+        if result.get(key):
+            click.echo(f"{title}:")
+        for group, m in result.get(key, {}).items():
+            line = f"  {group:<12} n={m['samples']:<5} gIoU {m['gIoU']:.4f}  cIoU {m['cIoU']:.4f}"
+            click.echo(f"{line}  Pr@0.5 {m['Pr@0.5']:.4f}")
     if out is not None:
         _write_json_atomic(Path(out), result)
         click.echo(f"report: {out}")

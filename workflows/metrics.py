@@ -2,8 +2,9 @@
 
 Per sample: intersection, union and IoU (an empty ground truth with an empty prediction scores 1; an empty
 union never yields NaN). Over samples: gIoU (= mIoU, the mean per-sample IoU), cIoU (= oIoU, summed
-intersections over summed unions) and Pr@X (share of samples with IoU >= X, X in 0.5..0.9), overall and per
-category.
+intersections over summed unions) and Pr@X (share of samples with IoU >= X, X in 0.5..0.9), overall, per
+category and, for datasets that name it (``rsrs synth``: category, colour, size, position, relation, ordinal), per
+expression form.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class SampleScore:
     intersection: int
     union: int
     category: str | None = None
+    form: str | None = None  # the expression's grammar form, when the dataset records it
 
     @property
     def iou(self) -> float:
@@ -32,16 +34,23 @@ class SampleScore:
 
     def to_json(self) -> dict:
         """The report's per-sample entry."""
-        return {
+        entry = {
             "id": self.id,
             "category": self.category,
             "intersection": self.intersection,
             "union": self.union,
             "iou": self.iou,
         }
+        return entry if self.form is None else {**entry, "form": self.form}
 
 
-def score_sample(sample_id: str, prediction: np.ndarray, truth: np.ndarray, category: str | None = None) -> SampleScore:
+def score_sample(
+    sample_id: str,
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    category: str | None = None,
+    form: str | None = None,
+) -> SampleScore:
     """Overlap of a predicted and a true mask, both (H, W) bool on the same pixels."""
     if prediction.shape != truth.shape:
         raise ValueError(f"sample {sample_id}: prediction {prediction.shape} and mask {truth.shape} differ in shape")
@@ -51,6 +60,7 @@ def score_sample(sample_id: str, prediction: np.ndarray, truth: np.ndarray, cate
         intersection=int(np.count_nonzero(prediction & truth)),
         union=int(np.count_nonzero(prediction | truth)),
         category=category,
+        form=form,
     )
 
 
@@ -70,10 +80,11 @@ def summarize(scores: Iterable[SampleScore]) -> dict:
     return out
 
 
-def summarize_by_category(scores: Iterable[SampleScore]) -> dict[str, dict]:
-    """:func:`summarize` per category, for the samples whose category is known."""
+def summarize_by(scores: Iterable[SampleScore], key: str) -> dict[str, dict]:
+    """:func:`summarize` per value of ``key`` ('category' or 'form'), for the samples where it is known."""
     groups: dict[str, list[SampleScore]] = {}
     for s in scores:
-        if s.category is not None:
-            groups.setdefault(s.category, []).append(s)
-    return {c: summarize(g) for c, g in sorted(groups.items())}
+        value = getattr(s, key)
+        if value is not None:
+            groups.setdefault(value, []).append(s)
+    return {v: summarize(g) for v, g in sorted(groups.items())}

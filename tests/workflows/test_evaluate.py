@@ -52,6 +52,20 @@ def test_report_holds_per_sample_counts_and_metrics(dataset):
     assert sum(c["samples"] for c in report["per_category"].values()) == len(expected)
 
 
+def test_synth_data_is_also_scored_per_expression_form(dataset):
+    report = evaluate(f"manifest:{dataset}", predictor=bright_pixels, batch_size=3)
+    forms = {json.loads(line)["id"]: json.loads(line)["form"] for line in (dataset / "manifest.jsonl").open()}
+    assert {s["id"]: s["form"] for s in report["samples"]} == {s["id"]: forms[s["id"]] for s in report["samples"]}
+    by_form: dict[str, list[float]] = {}
+    for s in report["samples"]:
+        by_form.setdefault(s["form"], []).append(s["iou"])
+    assert set(report["per_form"]) == set(by_form)
+    for form, ious in by_form.items():
+        assert report["per_form"][form]["samples"] == len(ious)
+        assert report["per_form"][form]["gIoU"] == pytest.approx(np.mean(ious))
+        assert report["per_form"][form]["Pr@0.5"] == pytest.approx(np.mean(np.array(ious) >= 0.5))
+
+
 def test_empty_predictions_score_zero_and_masks_drive_the_resolution(dataset):
     def empty_at_half_size(images, sentences):
         return [np.zeros((im.shape[0] // 2, im.shape[1] // 2), np.float32) for im in images]

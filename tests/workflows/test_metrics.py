@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rsrs.workflows.metrics import SampleScore, score_sample, summarize, summarize_by_category
+from rsrs.workflows.metrics import SampleScore, score_sample, summarize, summarize_by
 
 
 def masks(shape, *boxes):
@@ -69,7 +69,7 @@ def test_per_category_groups_known_categories():
         SampleScore("c", 0, 0, "building"),
         SampleScore("e", 5, 10, None),
     ]
-    by = summarize_by_category(scores)
+    by = summarize_by(scores, "category")
     assert set(by) == {"pond", "building"}
     assert by["pond"]["gIoU"] == pytest.approx(0.5) and by["pond"]["cIoU"] == pytest.approx(10 / 20)
     assert by["building"] == {
