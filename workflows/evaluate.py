@@ -54,9 +54,13 @@ def model_predictor(model: torch.nn.Module, *, image_size: int | None = None) ->
         else:
             side = image_size or max(max(s) for s in shapes)
             size = (side, side)
-        row_of: dict[bytes, int] = {}
-        image_index = [row_of.setdefault(_digest(im), len(row_of)) for im in images]
-        distinct = [images[image_index.index(row)] for row in range(len(row_of))]
+        row_of: dict[bytes, int] = {}  # image digest -> its row among the distinct images
+        distinct, image_index = [], []
+        for im in images:
+            row = row_of.setdefault(_digest(im), len(distinct))
+            if row == len(distinct):
+                distinct.append(im)
+            image_index.append(row)
         batch = torch.stack([image_to_tensor(im, size) for im in distinct]).to(model.device)  # U x 3 x h x w uint8
         was_training = model.training
         model.eval()  # also when called for validation in the middle of training

@@ -79,18 +79,16 @@ def image_feature_cache(
     rows = [row_of[p] for p in paths]
     fingerprint = _fingerprint(model, size=size, images=distinct)
     folder = out_dir / CACHE_DIR
-    if not _matches(folder, fingerprint):
-        _write(
-            model,
-            distinct,
-            size=size,
-            folder=folder,
-            fingerprint=fingerprint,
-            batch_size=batch_size,
-            autocast=autocast,
-            progress=progress,
-        )
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = _meta_if_matching(folder, fingerprint) or _write(
+        model,
+        distinct,
+        size=size,
+        folder=folder,
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        autocast=autocast,
+        progress=progress,
+    )
     return FeatureCache(
         sam=np.load(folder / "sam.npy", mmap_mode="r"),
         siglip=np.load(folder / "siglip.npy", mmap_mode="r"),
@@ -112,9 +110,11 @@ def _fingerprint(model: RSRefSeg, *, size: int, images: list[str]) -> str:
     return h.hexdigest()
 
 
-def _matches(folder: Path, fingerprint: str) -> bool:
-    meta = folder / "meta.json"
-    return meta.exists() and json.loads(meta.read_text()).get("fingerprint") == fingerprint
+def _meta_if_matching(folder: Path, fingerprint: str) -> dict | None:
+    """The cache's metadata when a cache with this fingerprint is there, else None."""
+    path = folder / "meta.json"
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    return meta if meta.get("fingerprint") == fingerprint else None
 
 
 @torch.no_grad()
@@ -128,7 +128,8 @@ def _write(
     batch_size: int,
     autocast: bool,
     progress: bool,
-) -> None:
+) -> dict:
+    """Encode ``images`` into a new cache at ``folder`` (replacing any old one); returns its metadata."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -153,12 +154,14 @@ def _write(
         sam.flush()
         siglip.flush()
         del sam, siglip
-        (tmp / "meta.json").write_text(json.dumps({**meta, "fingerprint": fingerprint, "images": len(images)}))
+        meta.update(fingerprint=fingerprint, images=len(images))
+        (tmp / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     finally:
         model.train(was_training)
         shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
