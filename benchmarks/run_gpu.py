@@ -4,9 +4,10 @@ A synthetic multi-tile scene, a real-size preset at random init (bf16), a real L
 worker. Reports: pipeline tiles/s (tiles computed / scene wall time, model already resident), model-only tiles/s
 on in-memory tiles of the same size and batch: eager ``predict``, and the workers' own function (uint8 codes,
 CUDA graphs), the faster of the two counting), their ratio (goal >= 0.9), and the pipeline time with
-5 queries against 1. ``worker_model_s`` is the time the worker held the model (host tiles in, uint8 codes out);
-``model_busy_share`` is that over the scene's wall time. The cluster is dask-cuda's LocalCUDACluster when
-dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says which).
+5 queries against 1. ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events around each
+batch's work, copies excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is
+dask-cuda's LocalCUDACluster when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says
+which).
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
                          [--queries 1,5] [--name run_gpu]

@@ -88,7 +88,7 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
 
 @pytest.mark.gpu
 def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
-    """Two tasks' threads share one graphed model (its input and output buffers): codes must not mix."""
+    """Two tasks' threads share one graphed model; copies overlap the other's batch, codes must not mix."""
     from concurrent.futures import ThreadPoolExecutor
     from itertools import pairwise
 
