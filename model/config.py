@@ -36,6 +36,12 @@ class SiglipSpec(_Strict):
         description="'pretrained' loads SigLIP's tokenizer beside the weights; 'bytes' is UTF-8 bytes",
     )
     text_length: int = Field(64, gt=1, description="tokens per query after padding (SigLIP's position limit)")
+    text_pooling: Literal["last", "eos"] = Field(
+        "last",
+        description="'last': SigLIP's own pooled feature, the last position (padding, attending to every token), "
+        "as pretrained SigLIP was trained; 'eos': the end-of-text token, padding masked out of attention "
+        "(for text encoders trained from random init, where padding dilutes the pooled feature)",
+    )
 
 
 class SamSpec(_Strict):

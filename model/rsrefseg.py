@@ -81,13 +81,15 @@ class RSRefSeg(nn.Module):
         if not texts:
             raise ValueError("encode_texts needs at least one query")
         tok = self.tokenizer(texts)
-        out = self.siglip.text_model(input_ids=tok.input_ids.to(self.device))
-        return TextFeatures(
-            tokens=out.last_hidden_state,  # Q x L x C
-            valid=tok.valid.to(self.device),  # Q x L
-            pooled=out.pooler_output,  # Q x C
-            texts=texts,
-        )
+        ids, valid = tok.input_ids.to(self.device), tok.valid.to(self.device)  # Q x L each
+        if self.config.siglip.text_pooling == "last":
+            out = self.siglip.text_model(input_ids=ids)
+            tokens, pooled = out.last_hidden_state, out.pooler_output  # Q x L x C, Q x C
+        else:  # the end-of-text token (each query's last real token), padding masked out of attention
+            tokens = self.siglip.text_model(input_ids=ids, attention_mask=valid.long()).last_hidden_state
+            eos = valid.sum(dim=1) - 1  # Q
+            pooled = self.siglip.text_model.head(tokens[torch.arange(len(texts), device=self.device), eos])
+        return TextFeatures(tokens=tokens, valid=valid, pooled=pooled, texts=texts)
 
     def decode(self, images: ImageFeatures, texts: TextFeatures, *, max_pairs: int = 64) -> MaskOutput:
         """Masks for every (image, query) combination, decoded in chunks of at most ``max_pairs`` pairs.

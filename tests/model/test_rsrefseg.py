@@ -104,3 +104,21 @@ def test_decode_in_small_chunks_equals_one_chunk(tiny):
 def test_wrong_image_layout_is_rejected(tiny):
     with pytest.raises(ValueError, match="B x 3 x H x W"):
         tiny.predict(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), ["pond"])
+
+
+@pytest.mark.parametrize("pooling", ["last", "eos"])
+def test_eos_pooling_makes_text_features_independent_of_padding(pooling):
+    """'eos' masks padding out of the text encoder's attention: the padded length cannot change a query's
+    features. SigLIP's own 'last' pooling reads a padding position that attends to all of them."""
+    from rsrs.model import get_model_config, load_model
+
+    features = []
+    for length in (32, 64):
+        config = get_model_config("tiny").model_copy(deep=True)
+        config.siglip.text_pooling, config.siglip.text_length = pooling, length
+        with torch.no_grad():
+            text = load_model(config, device="cpu").encode_texts(["the leftmost car", "ponds"])
+        features.append((text.pooled, text.tokens[:, :17]))  # "the leftmost car" + end of text: 17 real tokens
+    (pooled_32, tokens_32), (pooled_64, tokens_64) = features
+    same = torch.allclose(pooled_32, pooled_64, atol=1e-5) and torch.allclose(tokens_32, tokens_64, atol=1e-5)
+    assert same == (pooling == "eos")

@@ -55,7 +55,7 @@ def test_demo_run_prints_and_records_the_iou_of_each_query(demo):
     assert list(scene["truth_iou"]) == [q.id for q in job.queries]
     for q in job.queries:
         iou = scene["truth_iou"][q.id]
-        assert 0.3 < iou <= 1.0  # the shipped demo model finds every demo query (measured: 0.73 to 0.96)
+        assert 0.3 < iou <= 1.0  # the shipped demo model finds every demo query (measured: 0.70 to 0.90)
         assert re.search(rf'^IoU vs truth  {q.id}: {iou:.2f}  "{q.text}"$', output, flags=re.MULTILINE), output
 
 
