@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -24,16 +25,26 @@ FORMAT_KEY = "rsrs_checkpoint_format"
 FORMAT = "1"
 
 
-def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (``requires_grad``), detached, keyed by name."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+def trained_state_dict(model: nn.Module, *, also: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (``requires_grad``) and those named in ``also``, detached, by name."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad or name in also}
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig) -> Path:
-    """Write the trained parameters and ``config`` atomically to ``path`` (a .safetensors file)."""
+def checkpoint_names(path: str | Path) -> list[str]:
+    """The names of the tensors a checkpoint holds."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return list(f.keys())
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig, also: Collection[str] = ()) -> Path:
+    """Write the trained parameters and ``config`` atomically to ``path`` (a .safetensors file).
+
+    ``also`` names frozen parameters to store as well: those the config cannot rebuild, such as weights a run
+    started from (an init checkpoint) and now keeps frozen; without them the file would load with them at init.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in trained_state_dict(model).items()}
+    tensors = {k: v.contiguous().cpu() for k, v in trained_state_dict(model, also=also).items()}
     metadata = {CONFIG_KEY: config.model_dump_json(), FORMAT_KEY: FORMAT}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

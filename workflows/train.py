@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from rsrs.model import load_model, save_checkpoint
-from rsrs.model.checkpoint import apply_checkpoint
+from rsrs.model.checkpoint import apply_checkpoint, checkpoint_names
 from rsrs.model.errors import ConfigError
 from rsrs.model.lora import image_encoders_frozen, mark_trainable
 from rsrs.model.losses import bce_dice_loss
@@ -39,6 +40,8 @@ from rsrs.workflows.train_config import TrainConfig, load_train_config
 from rsrs.workflows.train_data import ReferringBatches, ResumableSampler
 
 log = logging.getLogger(__name__)
+
+SaveFn = Callable[[Path], None]  # writes the model's checkpoint to a path
 
 
 @dataclass
@@ -161,6 +164,12 @@ def train(
         mark_trainable(model, mode=config.model.trainable)
         model.config = model.config.model_copy(update={"trainable": config.model.trainable})
     model_config = model.config
+    # Frozen weights a run starts from (an init checkpoint) are stored too: its config alone rebuilds them at init.
+    also = checkpoint_names(config.model.init_checkpoint) if config.model.init_checkpoint else ()
+
+    def save(path: Path) -> None:
+        save_checkpoint(model, path, config=model_config, also=also)
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay, betas=config.optim.betas
@@ -264,9 +273,9 @@ def train(
                 window_start, window_samples = time.perf_counter(), 0
             last = state.step == config.optim.max_steps or _out_of_time(started, max_minutes, ddp, device)
             if val_reader is not None and (state.step % config.val_every == 0 or last):
-                _validate_and_keep_best(model, val_reader, config, state, metrics, ddp, out_dir)
+                _validate_and_keep_best(model, val_reader, config, state, metrics, ddp, save)
             if state.step % config.checkpoint_every == 0 or last:
-                _save_resume_point(model, model_config, optimizer, scheduler, state, ddp, out_dir)
+                _save_resume_point(save, optimizer, scheduler, state, ddp, out_dir)
             if last or (stop_after is not None and steps_here >= stop_after):
                 break
         else:
@@ -321,7 +330,7 @@ def _out_of_time(started: float, max_minutes: float | None, ddp: Distributed, de
 
 
 def _validate_and_keep_best(
-    model, reader, config: TrainConfig, state: Progress, metrics: MetricLog, ddp: Distributed, out_dir: Path
+    model, reader, config: TrainConfig, state: Progress, metrics: MetricLog, ddp: Distributed, save: SaveFn
 ) -> None:
     if ddp.is_main:
         predictor = model_predictor(model, image_size=config.data.image_size)
@@ -330,16 +339,14 @@ def _validate_and_keep_best(
         metrics.write({"kind": "val", "step": state.step, **report})
         if report["gIoU"] > state.best_giou:
             state.best_giou = report["gIoU"]
-            save_checkpoint(model, out_dir / "best.safetensors", config=model.config)
+            save(Path(config.out_dir) / "best.safetensors")
     if ddp.world > 1:  # every rank keeps the same best score so resume files agree
         best = torch.tensor([state.best_giou], dtype=torch.float64)
         dist.broadcast(best, src=0)
         state.best_giou = float(best.item())
 
 
-def _save_resume_point(
-    model, model_config, optimizer, scheduler, state: Progress, ddp: Distributed, out_dir: Path
-) -> None:
+def _save_resume_point(save: SaveFn, optimizer, scheduler, state: Progress, ddp: Distributed, out_dir: Path) -> None:
     rng = _rng_state()
     if ddp.world > 1:
         gathered: list = [None] * ddp.world
@@ -349,8 +356,8 @@ def _save_resume_point(
         rng_states = [rng]
     if ddp.is_main:
         (out_dir / "checkpoints").mkdir(exist_ok=True)
-        save_checkpoint(model, out_dir / "checkpoints" / f"step_{state.step:07d}.safetensors", config=model_config)
-        save_checkpoint(model, out_dir / "last.safetensors", config=model_config)
+        save(out_dir / "checkpoints" / f"step_{state.step:07d}.safetensors")
+        save(out_dir / "last.safetensors")
         _atomic_torch_save(
             {
                 "optimizer": optimizer.state_dict(),

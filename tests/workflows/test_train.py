@@ -222,3 +222,22 @@ def test_cached_features_need_frozen_image_encoders(tmp_path, chips):
     )
     with pytest.raises(ConfigError, match="trainable: all_but_image_encoders"):
         train(config, show_progress=False)
+
+
+def test_a_run_from_an_init_checkpoint_keeps_the_weights_it_freezes(tmp_path, chips):
+    """Fine-tuning a fully trained checkpoint with its image encoders frozen: the files the run writes carry the
+    image encoders it started from (its config alone would rebuild them at random init), so they load as trained."""
+    full = load_train_config(_config(tmp_path / "full", chips, **{"model.trainable": "all", "optim.max_steps": 3}))
+    train(full, show_progress=False)
+    start = load_file(Path(full.out_dir) / "last.safetensors")
+    model = {"preset": "tiny", "init_checkpoint": str(Path(full.out_dir) / "last.safetensors"),
+             "trainable": "all_but_image_encoders"}  # fmt: skip
+    tuned = load_train_config(_config(tmp_path / "tuned", chips, model=model, **{"optim.max_steps": 3}))
+    train(tuned, show_progress=False)
+    encoders = [k for k in start if k.startswith(("sam.vision_encoder.", "siglip.vision_model."))]
+    at_init = dict(load_model("tiny", device="cpu").named_parameters())
+    assert any(not torch.equal(start[k], at_init[k]) for k in encoders)  # the first run did change them
+    for name in ("last", "best"):
+        loaded = dict(load_model(Path(tuned.out_dir) / f"{name}.safetensors", device="cpu").named_parameters())
+        for key in encoders:
+            torch.testing.assert_close(loaded[key].detach(), start[key], rtol=0, atol=0)
