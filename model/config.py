@@ -57,6 +57,13 @@ class PrompterSpec(_Strict):
     """AttnPrompter settings (paper eq. 3-4); channel width follows SAM's prompt dimension."""
 
     norm_groups: int = Field(32, gt=0, description="GroupNorm groups (works at batch size 1 and under DDP)")
+    position_grid: int = Field(
+        0,
+        ge=0,
+        description="side of a coarse map, read from the pooled query, added to each patch's activation logit "
+        "(0: off, the paper's prompter). Not in the paper: there the query weighs a patch only by what it shows, "
+        "so 'the leftmost building' and 'the rightmost building' light up the same buildings",
+    )
 
 
 class LoraSpec(_Strict):

@@ -86,6 +86,7 @@ def build_model(
             feature_dim=siglip.config.vision_config.hidden_size,
             prompt_dim=sam.config.prompt_encoder_config.hidden_size,
             norm_groups=config.prompter.norm_groups,
+            position_grid=config.prompter.position_grid,
         )
         tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_dir)
         model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)

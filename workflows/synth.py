@@ -15,8 +15,9 @@ def synth_command() -> None:
     Scenes hold grass, soil and forest, roads with cars, buildings with red, grey, blue or white roofs, ponds,
     fields and tennis courts. Expressions name a category ("the pond"), a colour ("the red-roofed
     building"), a size ("the largest pond"), a position ("the building in the upper left") or a relation
-    ("the building just north of the road"), and each picks out exactly its target. The same seed always
-    writes the same bytes.
+    ("the building just north of the road"), and each picks out exactly its target; `dataset --scene-wide`
+    adds plurals ("ponds": every pond) and absent things (an empty mask). The same seed always writes the same
+    bytes.
     """
 
 
@@ -31,19 +32,28 @@ def synth_command() -> None:
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
+    "--scene-wide",
+    is_flag=True,
+    help="Also plural expressions ('ponds': every pond) and absent ones ('the pond' where there is none: an empty "
+    "mask), as `rsrs run` meets them tile by tile. Off: every sample has one target, as in RRSIS-D.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Processes rendering chips (the output is the same for any number).",
 )
-def synth_dataset(out_dir: str, count: int, chip_size: int, per_chip: int, seed: int, workers: int) -> None:
+def synth_dataset(
+    out_dir: str, count: int, chip_size: int, per_chip: int, seed: int, scene_wide: bool, workers: int
+) -> None:
     """Write a chip dataset: DIR/manifest.jsonl, DIR/images/*.png, DIR/masks/*.png.
 
     \b
     Each manifest line is one sample:
       {"id", "image", "mask", "sentence", "split", "category", "form", "target", "chip"}
     with paths relative to DIR; splits interleave 80% train, 10% val, 10% test by chip.
+    With --scene-wide, plural and absent samples carry "targets" (a list) instead of "target".
 
     \b
     Then:  rsrs evaluate --model tiny --data manifest:DIR/manifest.jsonl
@@ -55,6 +65,7 @@ def synth_dataset(out_dir: str, count: int, chip_size: int, per_chip: int, seed:
             chip_size=chip_size,
             seed=seed,
             per_chip=per_chip,
+            scene_wide=scene_wide,
             workers=workers,
             on_sample=bar.update,
         )

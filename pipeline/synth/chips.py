@@ -2,7 +2,9 @@
 
 ``DIR/manifest.jsonl`` holds one line per (chip, expression):
 ``{"id", "image", "mask", "sentence", "split", "category", "form", "target", "chip"}`` with ``image`` and
-``mask`` relative to DIR (``images/<chip>.png`` RGB, ``masks/<id>.png`` 0/255). Chip ``i`` depends only on
+``mask`` relative to DIR (``images/<chip>.png`` RGB, ``masks/<id>.png`` 0/255). With ``scene_wide``, chips also
+get plural and absent expressions (form "plural" / "absent"), whose lines carry ``"targets"`` (a list, empty for
+absent: an empty mask) instead of ``"target"``. Chip ``i`` depends only on
 (seed, i), so a larger dataset with the same seed starts with the smaller one's chips; its split comes from
 ``i`` alone (every run of 10 chips: 1 test, 1 val, 8 train), so even tiny datasets have all three splits.
 """
@@ -20,8 +22,14 @@ import numpy as np
 from PIL import Image
 
 from rsrs.pipeline.geometry import PixelWindow
-from rsrs.pipeline.synth.expressions import choose_expressions, singular_expressions
-from rsrs.pipeline.synth.layout import Layout, generate_layout
+from rsrs.pipeline.synth.expressions import (
+    Expression,
+    absent_expressions,
+    choose_expressions,
+    plural_expressions,
+    singular_expressions,
+)
+from rsrs.pipeline.synth.layout import COLOURS, Layout, generate_layout
 from rsrs.pipeline.synth.render import SceneRenderer
 
 
@@ -30,16 +38,25 @@ def chip_split(index: int) -> str:
     return {0: "test", 1: "val"}.get(index % 10, "train")
 
 
-def render_chip(seed: int, index: int, *, size: int, per_chip: int) -> tuple[Layout, np.ndarray, list[dict]]:
+def _target_fields(e: Expression) -> dict:
+    return {"target": e.targets[0]} if e.form not in ("plural", "absent") else {"targets": list(e.targets)}
+
+
+def render_chip(
+    seed: int, index: int, *, size: int, per_chip: int, scene_wide: bool = False
+) -> tuple[Layout, np.ndarray, list[dict]]:
     """Chip ``index`` of dataset ``seed``: its layout, (size, size, 3) uint8 image and samples (bool masks).
 
-    Layouts that offer no unambiguous expression are redrawn, so every chip yields at least one sample.
+    Layouts that offer no unambiguous singular expression are redrawn, so every chip yields at least one sample.
     """
     for attempt in itertools.count():
         rng = np.random.default_rng([seed, index, attempt])
         layout = generate_layout(rng, (size, size))
-        chosen = choose_expressions(rng, singular_expressions(layout.objects, layout.shape), per_chip)
-        if chosen:
+        candidates = singular_expressions(layout.objects, layout.shape)
+        if candidates:
+            if scene_wide:
+                candidates += plural_expressions(layout.objects) + absent_expressions(layout.objects, COLOURS)
+            chosen = choose_expressions(rng, candidates, per_chip)
             break
     renderer = SceneRenderer(layout, seed=seed * 1_000_003 + index)
     window = PixelWindow(0, 0, size, size)
@@ -50,8 +67,8 @@ def render_chip(seed: int, index: int, *, size: int, per_chip: int) -> tuple[Lay
             "sentence": e.text,
             "category": e.category,
             "form": e.form,
-            "target": e.targets[0],
-            "mask": owners == e.targets[0],
+            **_target_fields(e),
+            "mask": np.isin(owners, e.targets),
         }
         for e in chosen
     ]
@@ -64,22 +81,27 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _encoded_chip(seed: int, index: int, size: int, per_chip: int) -> tuple[bytes, list[tuple[dict, bytes]]]:
+def _encoded_chip(
+    seed: int, index: int, size: int, per_chip: int, scene_wide: bool
+) -> tuple[bytes, list[tuple[dict, bytes]]]:
     """Chip ``index`` as PNG bytes of its image and of each sample's 0/255 mask (work for a process pool)."""
-    _, image, samples = render_chip(seed, index, size=size, per_chip=per_chip)
+    _, image, samples = render_chip(seed, index, size=size, per_chip=per_chip, scene_wide=scene_wide)
     return _png(image), [(s, _png(s.pop("mask").astype(np.uint8) * 255)) for s in samples]
 
 
-def _chips_in_order(seed: int, size: int, per_chip: int, workers: int) -> Iterator[tuple[bytes, list]]:
+def _chips_in_order(
+    seed: int, size: int, per_chip: int, scene_wide: bool, workers: int
+) -> Iterator[tuple[bytes, list]]:
     """Encoded chips 0, 1, 2, ... computed by ``workers`` processes (the same bytes for any worker count)."""
     if workers <= 1:
-        yield from (_encoded_chip(seed, index, size, per_chip) for index in itertools.count())
+        yield from (_encoded_chip(seed, index, size, per_chip, scene_wide) for index in itertools.count())
         return
     with ProcessPoolExecutor(workers) as pool:
         batch = 8 * workers
         for start in itertools.count(0, batch):
             indexes = range(start, start + batch)
-            yield from pool.map(_encoded_chip, [seed] * batch, indexes, [size] * batch, [per_chip] * batch)
+            repeat = [[seed] * batch, indexes, [size] * batch, [per_chip] * batch, [scene_wide] * batch]
+            yield from pool.map(_encoded_chip, *repeat)
 
 
 def write_chip_dataset(
@@ -89,15 +111,19 @@ def write_chip_dataset(
     chip_size: int = 256,
     seed: int = 0,
     per_chip: int = 2,
+    scene_wide: bool = False,
     workers: int = 1,
     on_sample: Callable[[int], None] | None = None,
 ) -> Path:
-    """Write ``count`` samples (up to ``per_chip`` expressions per chip) under ``out_dir``; returns the manifest."""
+    """Write ``count`` samples (up to ``per_chip`` expressions per chip) under ``out_dir``; returns the manifest.
+
+    ``scene_wide`` adds plural and absent expressions, which a model meets when it runs tile by tile over scenes.
+    """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     lines: list[str] = []
-    chips = _chips_in_order(seed, chip_size, per_chip, workers)
+    chips = _chips_in_order(seed, chip_size, per_chip, scene_wide, workers)
     for index, (image_png, samples) in enumerate(chips):
         image_path = f"images/{index:06d}.png"
         (out / image_path).write_bytes(image_png)

@@ -4,8 +4,10 @@ Singular forms (one target): category ("the pond"), colour ("the red-roofed buil
 pond", "the small blue building"), absolute position ("the building in the upper left", "the leftmost
 court"), ordinal ("the second court from the left") and relations to a unique landmark ("the building just
 north of the road", "the car next to the pond"). Plural forms ("red-roofed buildings") take every match and
-serve as scene-wide queries. A form is produced only where it is unambiguous with margin to spare: sizes
-differ by a clear ratio, positions sit away from the thirds' borders, directions are near a compass axis.
+serve as scene-wide queries; absent forms ("the pond", "red-roofed buildings" where there are none) take
+nothing, as a query does in a tile without its object. A form is produced only where it is unambiguous with
+margin to spare: sizes differ by a clear ratio, positions sit away from the thirds' borders, directions are near
+a compass axis.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from shapely.geometry import Point
 from shapely.ops import nearest_points
 
-from rsrs.pipeline.synth.objects import NOUNS, PLURALS, SceneObject
+from rsrs.pipeline.synth.objects import NOUNS, PLURALS, SceneObject, noun_phrase
 
 SIZE_RATIO = 1.4  # the largest must be this many times the runner-up's area
 POSITION_MARGIN = 0.07  # share of the scene's side kept clear around region borders and between extremes
@@ -34,7 +36,17 @@ REGIONS = {
     (2, 2): "in the lower right",
 }
 # How often each form is chosen when sampling (relations and ordinals stay a minority: they are the hardest).
-FORM_WEIGHTS = {"category": 1.0, "colour": 1.0, "size": 0.8, "position": 0.8, "ordinal": 0.2, "relation": 0.35}
+# Plural and absent forms are chosen for chips only on request (``scene_wide``): scene-wide queries meet them.
+FORM_WEIGHTS = {
+    "category": 1.0,
+    "colour": 1.0,
+    "size": 0.8,
+    "position": 0.8,
+    "ordinal": 0.2,
+    "relation": 0.35,
+    "plural": 0.6,
+    "absent": 0.4,
+}
 
 
 @dataclass(frozen=True)
@@ -211,10 +223,27 @@ def plural_expressions(objects: Sequence[SceneObject]) -> list[Expression]:
     out = []
     for c, group in sorted(_groups(objects, lambda o: o.category).items()):
         out.append(Expression(PLURALS[c], c, "plural", tuple(o.id for o in group)))
-        for _colour, members in sorted(_groups((o for o in group if o.colour), lambda o: o.colour).items()):
-            phrase = members[0].phrase()
-            text = phrase[: -len(NOUNS[c])] + PLURALS[c]
-            out.append(Expression(text, c, "plural", tuple(o.id for o in members)))
+        for colour, members in sorted(_groups((o for o in group if o.colour), lambda o: o.colour).items()):
+            out.append(Expression(noun_phrase(c, colour, plural=True), c, "plural", tuple(o.id for o in members)))
+    return out
+
+
+def absent_expressions(objects: Sequence[SceneObject], colours: dict[str, Iterable[str]]) -> list[Expression]:
+    """Queries for what the scene lacks, singular and plural: a missing category ("the pond", "ponds") or a
+    missing colour of a present one ("the red-roofed building" among grey ones). No target: the mask is empty.
+
+    colours: the colour words each category can have.
+    """
+    present = {(o.category, o.colour) for o in objects}
+    categories = {c for c, _ in present}
+    out = []
+    for c in sorted(NOUNS):
+        known = sorted(colours.get(c, ()))
+        missing = [None, *known] if c not in categories else [k for k in known if (c, k) not in present]
+        for colour in missing:
+            for plural in (False, True):
+                text = noun_phrase(c, colour, plural=plural)
+                out.append(Expression(text if plural else f"the {text}", c, "absent", ()))
     return out
 
 

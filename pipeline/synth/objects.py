@@ -54,12 +54,17 @@ class SceneObject:
 
     def phrase(self) -> str:
         """The noun phrase naming this object's colour and category ("red-roofed building")."""
-        noun = NOUNS[self.category]
-        if self.colour is None:
-            return noun
-        if self.category == "building":
-            return f"{self.colour}-roofed {noun}"
-        return f"{self.colour} {noun}"
+        return noun_phrase(self.category, self.colour)
+
+
+def noun_phrase(category: str, colour: str | None, *, plural: bool = False) -> str:
+    """ "red-roofed building", "blue tennis court", "ponds": a category with its colour word, if any."""
+    noun = (PLURALS if plural else NOUNS)[category]
+    if colour is None:
+        return noun
+    if category == "building":
+        return f"{colour}-roofed {noun}"
+    return f"{colour} {noun}"
 
 
 @dataclass(frozen=True)

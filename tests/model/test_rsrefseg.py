@@ -122,3 +122,17 @@ def test_eos_pooling_makes_text_features_independent_of_padding(pooling):
     (pooled_32, tokens_32), (pooled_64, tokens_64) = features
     same = torch.allclose(pooled_32, pooled_64, atol=1e-5) and torch.allclose(tokens_32, tokens_64, atol=1e-5)
     assert same == (pooling == "eos")
+
+
+def test_the_position_map_learns_from_the_mask_loss():
+    """With ``prompter.position_grid`` the query's position map is on the mask's path from the first step, though
+    it starts at zero: the loss reaches both its projection and (through it) the text encoder."""
+    from rsrs.model import get_model_config, load_model
+
+    config = get_model_config("tiny").model_copy(deep=True)
+    config.prompter.position_grid = 3
+    model = load_model(config, device="cpu").train()
+    assert model.prompter.position.weight.abs().max() == 0
+    model(random_tiles(5, batch=2, height=64, width=64), ["the leftmost pond", "the building"]).logits.mean().backward()
+    assert model.prompter.position.weight.grad.abs().max() > 0
+    assert model.prompter.position.bias.grad.abs().max() > 0

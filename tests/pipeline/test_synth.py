@@ -12,6 +12,7 @@ from rsrs.pipeline.geometry import PixelWindow
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.pipeline.synth.chips import chip_split, render_chip
 from rsrs.pipeline.synth.expressions import (
+    absent_expressions,
     choose_expressions,
     plural_expressions,
     relation_forms,
@@ -96,6 +97,18 @@ def test_plural_expressions_take_every_match():
     assert texts == {"buildings": (1, 2, 3), "blue-roofed buildings": (2,), "red-roofed buildings": (1, 3)}
 
 
+def test_absent_expressions_name_what_the_scene_lacks_singular_and_plural():
+    objs = [building(1, 50, 50, 20, 20), building(2, 150, 150, 20, 20, "blue")]
+    colours = {"building": ["red", "blue", "grey"], "court": ["green"], "pond": []}
+    absent = absent_expressions(objs, colours)
+    assert all(e.form == "absent" and e.targets == () for e in absent)
+    texts = {e.text for e in absent}
+    assert {"the grey-roofed building", "grey-roofed buildings", "the pond", "ponds"} <= texts
+    assert {"the tennis court", "the green tennis court", "green tennis courts"} <= texts
+    named = {"red-roofed", "blue-roofed"}  # the colours present: never said to be absent, nor are buildings
+    assert not any(word in t for t in texts for word in named) and not texts & {"the building", "buildings"}
+
+
 def test_chosen_expressions_have_distinct_targets():
     lay = layout(5)
     chosen = choose_expressions(np.random.default_rng(0), singular_expressions(lay.objects, lay.shape), 3)
@@ -125,6 +138,31 @@ def test_chip_masks_are_the_visible_pixels_of_the_target():
             rows, cols = np.nonzero(s["mask"])
             assert rows.min() >= int(miny) - 1 and rows.max() <= maxy + 1
             assert cols.min() >= int(minx) - 1 and cols.max() <= maxx + 1
+
+
+def test_scene_wide_chips_add_plural_masks_of_every_match_and_empty_absent_masks():
+    forms = defaultdict(int)
+    for index in range(30):
+        lay, _, samples = render_chip(4, index, size=128, per_chip=3, scene_wide=True)
+        renderer = SceneRenderer(lay, seed=4 * 1_000_003 + index)
+        owners = renderer.objects(renderer.labels(PixelWindow(0, 0, 128, 128)))
+        for s in samples:
+            forms[s["form"]] += 1
+            if s["form"] == "plural":
+                matches = [o.id for o in lay.objects if o.category == s["category"]]
+                assert set(s["targets"]) <= set(matches) and s["targets"]
+                assert np.array_equal(s["mask"], np.isin(owners, s["targets"]))
+            elif s["form"] == "absent":
+                assert s["targets"] == [] and not s["mask"].any()
+            else:
+                assert "targets" not in s and s["mask"].any()
+    assert forms["plural"] > 0 and forms["absent"] > 0 and forms["category"] > 0
+
+
+def test_chips_without_scene_wide_have_one_target_each():
+    for index in range(30):
+        _, _, samples = render_chip(4, index, size=128, per_chip=3)
+        assert all(s["form"] not in ("plural", "absent") and isinstance(s["target"], int) for s in samples)
 
 
 def test_chip_split_interleaves_80_10_10():

@@ -1,6 +1,7 @@
 """`rsrs synth dataset|scene`: same seed, same bytes in every file; another seed, other bytes."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,17 @@ def test_help_explains_the_outputs():
     assert "expressions.json" in result.output and "EPSG:32614" in result.output
     result = CliRunner().invoke(cli, ["synth", "dataset", "--help"])
     assert "manifest.jsonl" in result.output and "--chip-size" in result.output
+
+
+def test_scene_wide_dataset_draws_the_same_chips_and_adds_plural_and_absent_samples(tmp_path):
+    synth("dataset", str(tmp_path / "plain"), "--count", "40", "--chip-size", "96", "--seed", "3")
+    synth("dataset", str(tmp_path / "wide"), "--count", "40", "--chip-size", "96", "--seed", "3", "--scene-wide")
+    plain, wide = digests(tmp_path / "plain"), digests(tmp_path / "wide")
+    images = [k for k in wide if k.startswith("images/")]
+    assert images and all(plain.get(k) == wide[k] for k in images if k in plain)
+    rows = [json.loads(line) for line in (tmp_path / "wide" / "manifest.jsonl").read_text().splitlines()]
+    forms = {r["form"] for r in rows}
+    assert {"plural", "absent"} <= forms
+    assert all(("targets" in r) == (r["form"] in ("plural", "absent")) for r in rows)
+    plain_rows = (tmp_path / "plain" / "manifest.jsonl").read_text()
+    assert '"plural"' not in plain_rows and '"absent"' not in plain_rows
