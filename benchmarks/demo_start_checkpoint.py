@@ -28,7 +28,8 @@ def built_with(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> tuple[t
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
     if unexpected:
         raise SystemExit(f"the earlier checkpoint holds tensors this architecture lacks, e.g. {unexpected[0]}")
-    return model, [n for n in missing if n in dict(model.named_parameters())]
+    params = dict(model.named_parameters())
+    return model, [n for n in missing if n in params]
 
 
 def main() -> None:

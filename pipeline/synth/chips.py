@@ -4,7 +4,7 @@
 ``{"id", "image", "mask", "sentence", "split", "category", "form", "target", "chip"}`` with ``image`` and
 ``mask`` relative to DIR (``images/<chip>.png`` RGB, ``masks/<id>.png`` 0/255). With ``scene_wide``, chips also
 get plural and absent expressions (form "plural" / "absent"), whose lines carry ``"targets"`` (a list, empty for
-absent: an empty mask) instead of ``"target"``. Chip ``i`` depends only on
+absent: an empty mask) instead of ``"target"``; the chips themselves are the same. Chip ``i`` depends only on
 (seed, i), so a larger dataset with the same seed starts with the smaller one's chips; its split comes from
 ``i`` alone (every run of 10 chips: 1 test, 1 val, 8 train), so even tiny datasets have all three splits.
 """
