@@ -286,6 +286,10 @@ def train(
     if bar is not None:
         bar.close()
     if ddp.world > 1:
+        # Free DDP (its reducer holds the process group and gradient buckets) and let every rank finish its work
+        # before the group goes: a gloo group torn down with work in flight can deadlock its destructor.
+        del net
+        dist.barrier()
         dist.destroy_process_group()
     return {
         "step": state.step,
