@@ -44,9 +44,10 @@ def random_init_config(preset: str, folder: Path) -> Path:
     return path
 
 
-def run_once(
+def write_job(
     folder: Path, scene: Path, model_config: Path, *, queries: list[str], tile: int, batch: int, device: str
-) -> dict:
+) -> Path:
+    """A one-scene, one-worker job over ``scene`` with outputs under ``folder``; returns the job file."""
     job = {
         "inputs": [{"geotiff": str(scene)}],
         "queries": queries,
@@ -57,6 +58,13 @@ def run_once(
     }
     path = folder / f"job-q{len(queries)}.yaml"
     path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run_once(
+    folder: Path, scene: Path, model_config: Path, *, queries: list[str], tile: int, batch: int, device: str
+) -> dict:
+    path = write_job(folder, scene, model_config, queries=queries, tile=tile, batch=batch, device=device)
     t0 = time.perf_counter()
     report = run_job(path, progress=False)
     total = time.perf_counter() - t0

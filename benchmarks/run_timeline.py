@@ -20,11 +20,10 @@ from itertools import pairwise
 from pathlib import Path
 
 import dask
-import yaml
 from distributed import Client, LocalCluster
 
 from benchmarks._common import device_info, write_result
-from benchmarks.run_gpu import QUERIES, random_init_config
+from benchmarks.run_gpu import QUERIES, random_init_config, write_job
 from benchmarks.run_rss import write_scene
 
 Event = tuple[str, int, float, float, str]  # kind, thread, start, end, first tile key
@@ -107,14 +106,8 @@ def main() -> None:
         folder = Path(tmp)
         scene = folder / "scene.tif"
         write_scene(scene, args.size)
-        job = {
-            "inputs": [{"geotiff": str(scene)}],
-            "queries": QUERIES[: args.queries],
-            "model": {"config": str(random_init_config(args.preset, folder)), "device": args.device},
-            "tiling": {"tile_size": 1024, "overlap": 64, "batch_size": 16},
-            "output": {"dir": str(folder / "out"), "threshold": 0.5},
-        }
-        (folder / "job.yaml").write_text(yaml.safe_dump(job))
+        config = random_init_config(args.preset, folder)
+        job = write_job(folder, scene, config, queries=QUERIES[: args.queries], tile=1024, batch=16, device=args.device)
         # the cluster rsrs run starts for one GPU: one non-daemon worker, two task threads, a GPU resource
         with (
             dask.config.set({"distributed.worker.daemon": False}),
@@ -124,7 +117,7 @@ def main() -> None:
             client.run(instrument)
             from rsrs.workflows import run_job
 
-            report = run_job(folder / "job.yaml", scheduler=cluster.scheduler_address, progress=False)
+            report = run_job(job, scheduler=cluster.scheduler_address, progress=False)
             events = [e for worker in client.run(recorded).values() for e in worker]
     scene_report = report["scenes"][0]
     result = {

@@ -23,6 +23,7 @@ from PIL import Image
 
 from rsrs.pipeline.geometry import PixelWindow
 from rsrs.pipeline.synth.expressions import (
+    SCENE_WIDE_FORMS,
     Expression,
     absent_expressions,
     choose_expressions,
@@ -39,7 +40,7 @@ def chip_split(index: int) -> str:
 
 
 def _target_fields(e: Expression) -> dict:
-    return {"target": e.targets[0]} if e.form not in ("plural", "absent") else {"targets": list(e.targets)}
+    return {"targets": list(e.targets)} if e.form in SCENE_WIDE_FORMS else {"target": e.targets[0]}
 
 
 def render_chip(

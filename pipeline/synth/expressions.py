@@ -36,7 +36,8 @@ REGIONS = {
     (2, 2): "in the lower right",
 }
 # How often each form is chosen when sampling (relations and ordinals stay a minority: they are the hardest).
-# Plural and absent forms are chosen for chips only on request (``scene_wide``): scene-wide queries meet them.
+# Forms that refer to any number of objects; chips use them only on request (``scene_wide``).
+SCENE_WIDE_FORMS = ("plural", "absent")
 FORM_WEIGHTS = {
     "category": 1.0,
     "colour": 1.0,

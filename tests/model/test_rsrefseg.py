@@ -126,7 +126,7 @@ def test_eos_pooling_makes_text_features_independent_of_padding(pooling):
 
 def test_the_position_map_learns_from_the_mask_loss():
     """With ``prompter.position_grid`` the query's position map is on the mask's path from the first step, though
-    it starts at zero: the loss reaches both its projection and (through it) the text encoder."""
+    it starts at zero: the loss reaches its projection's weight and bias."""
     from rsrs.model import get_model_config, load_model
 
     config = get_model_config("tiny").model_copy(deep=True)

@@ -20,7 +20,7 @@ from rsrs.pipeline.synth.expressions import (
     size_forms,
 )
 from rsrs.pipeline.synth.layout import generate_layout, rotated_rect
-from rsrs.pipeline.synth.objects import SceneObject
+from rsrs.pipeline.synth.objects import PLURALS, SceneObject, noun_phrase
 from rsrs.pipeline.synth.render import SceneRenderer
 
 SEEDS = range(40)
@@ -148,9 +148,14 @@ def test_scene_wide_chips_add_plural_masks_of_every_match_and_empty_absent_masks
         owners = renderer.objects(renderer.labels(PixelWindow(0, 0, 128, 128)))
         for s in samples:
             forms[s["form"]] += 1
-            if s["form"] == "plural":
-                matches = [o.id for o in lay.objects if o.category == s["category"]]
-                assert set(s["targets"]) <= set(matches) and s["targets"]
+            if s["form"] == "plural":  # "ponds": every pond; "red-roofed buildings": every red-roofed one
+                matches = {
+                    o.id
+                    for o in lay.objects
+                    if o.category == s["category"]
+                    and s["sentence"] in (PLURALS[o.category], noun_phrase(o.category, o.colour, plural=True))
+                }
+                assert set(s["targets"]) == matches and matches
                 assert np.array_equal(s["mask"], np.isin(owners, s["targets"]))
             elif s["form"] == "absent":
                 assert s["targets"] == [] and not s["mask"].any()
