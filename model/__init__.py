@@ -4,7 +4,7 @@
 >>> m = load_model("tiny", device="cpu")
 >>> probs = m.predict(images, ["the red building", "ponds"])  # B x 3 x H x W -> B x Q x H x W
 
-Names are imported on first use, so ``import rsrs.model.errors`` (used by every layer) does not load torch.
+Names are imported on first use, so ``import rsrs.model`` alone does not load torch.
 """
 
 from importlib import import_module
@@ -12,7 +12,6 @@ from importlib import import_module
 _EXPORTS = {
     "save_checkpoint": "rsrs.model.checkpoint",
     "ModelConfig": "rsrs.model.config",
-    "RsrsError": "rsrs.model.errors",
     "ImageFeatures": "rsrs.model.outputs",
     "MaskOutput": "rsrs.model.outputs",
     "TextFeatures": "rsrs.model.outputs",

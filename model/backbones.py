@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from transformers import SamConfig, SamModel, SiglipConfig, SiglipModel
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
+from rsrs.core.errors import CheckpointError
 from rsrs.model.config import SamSpec, SiglipSpec
-from rsrs.model.errors import CheckpointError
 from rsrs.model.sam_convert import load_meta_sam
 from rsrs.model.tokenizer import ByteTokenizer, PretrainedTokenizer, Tokenizer
 from rsrs.model.weights import resolve_pretrained

@@ -7,8 +7,6 @@ stored tensors, so a fine-tune of rsrefseg-b is a few tens of MB instead of the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -17,8 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rsrs.core.errors import CheckpointError
+from rsrs.core.files import atomic_path
 from rsrs.model.config import ModelConfig, parse_model_config
-from rsrs.model.errors import CheckpointError
 
 CONFIG_KEY = "rsrs_model_config"
 FORMAT_KEY = "rsrs_checkpoint_format"
@@ -46,14 +45,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig, 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in trained_state_dict(model, also=also).items()}
     metadata = {CONFIG_KEY: config.model_dump_json(), FORMAT_KEY: FORMAT}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

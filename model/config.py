@@ -9,21 +9,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from rsrs.model.errors import ConfigError
-
-_Schema = TypeVar("_Schema", bound=BaseModel)
+from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SiglipSpec(_Strict):
+class SiglipSpec(StrictModel):
     """SigLIP (image + text) backbone: its transformers config and where its weights come from."""
 
     pretrained: str | None = Field(
@@ -44,7 +37,7 @@ class SiglipSpec(_Strict):
     )
 
 
-class SamSpec(_Strict):
+class SamSpec(StrictModel):
     """SAM backbone: transformers SamConfig parts and a hub id, local directory or Meta .pth checkpoint."""
 
     pretrained: str | None = None
@@ -53,7 +46,7 @@ class SamSpec(_Strict):
     mask_decoder: dict[str, Any] = Field(default_factory=dict, description="SamMaskDecoderConfig kwargs")
 
 
-class PrompterSpec(_Strict):
+class PrompterSpec(StrictModel):
     """AttnPrompter settings (paper eq. 3-4); channel width follows SAM's prompt dimension."""
 
     norm_groups: int = Field(32, gt=0, description="GroupNorm groups (works at batch size 1 and under DDP)")
@@ -66,7 +59,7 @@ class PrompterSpec(_Strict):
     )
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictModel):
     """LoRA on the backbones (peft); ``r=0`` disables it."""
 
     r: int = Field(16, ge=0)
@@ -74,7 +67,7 @@ class LoraSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Everything needed to rebuild one RSRefSeg model; stored inside every checkpoint."""
 
     name: str
@@ -102,29 +95,11 @@ def presets_dir() -> Path:
     return Path(str(resources.files("rsrs.configs"))) / "models"
 
 
-def validate_config(schema: type[_Schema], data: Any, *, what: str, source: str) -> _Schema:
-    """Validate ``data`` against a pydantic schema; the first problem becomes one ConfigError line naming the
-    source and the field path (shared by model, training and other YAML configs)."""
-    try:
-        return schema.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"invalid {what} {source}: {where}: {first['msg']}") from None
-
-
 def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
-    """Validate a config mapping; errors name the source and the field path in one line."""
-    return validate_config(ModelConfig, data, what="model config", source=source)
+    """Validate a config mapping; errors name the source and the key in one line."""
+    return validate(ModelConfig, data, source=f"model config {source}")
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read a model config YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"model config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"model config {path} must be a mapping of keys, got {type(data).__name__}")
-    return parse_model_config(data, source=str(path))
+    return parse_model_config(load_yaml_mapping(path, what="model config"), source=str(path))

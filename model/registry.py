@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from rsrs.core.errors import ConfigError
 from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
 from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
 from rsrs.model.config import ModelConfig, load_model_config, presets_dir
-from rsrs.model.errors import ConfigError
 from rsrs.model.lora import apply_lora, mark_trainable
 from rsrs.model.prompter import AttnPrompter
 from rsrs.model.rsrefseg import RSRefSeg

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rsrs.model.errors import CheckpointError
+from rsrs.core.errors import CheckpointError
 
 # (Meta prefix, transformers prefix); "{}" stands for a block index. Longest/most specific first.
 _PREFIXES: list[tuple[str, str]] = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rsrs.model.errors import WeightsNotFoundError
+from rsrs.core.errors import WeightsNotFoundError
 
 WEIGHTS_DIR_ENV = "RSRS_WEIGHTS_DIR"
 

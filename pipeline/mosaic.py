@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 
 VARIABLE = "probability"

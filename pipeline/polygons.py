@@ -10,9 +10,7 @@ area-weighted means.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from pyproj import CRS
 from rasterio import features
 from scipy import ndimage
 
+from rsrs.core.files import atomic_path
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import decode_probability
 
@@ -245,24 +244,9 @@ def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
     )  # fmt: skip
 
 
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
-
-    Readers therefore see the old file or the new one, never a half-written file under the final name.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
     """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically."""
-    with atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
 
 
@@ -277,7 +261,7 @@ def save_tile(tile: TilePolygons, path: Path) -> None:
             "on_edge": pa.array(tile.on_edge, pa.bool_()),
         }
     ).replace_schema_metadata({"rsrs_tile": json.dumps({"key": tile.key, "skipped": tile.skipped})})
-    with atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 

@@ -23,7 +23,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from rsrs.model.errors import InputDataError, RsrsError
+from rsrs.core.errors import InputDataError, RsrsError
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec, resolve_scaling
 

@@ -20,7 +20,7 @@ import pystac_client
 import requests
 from pystac_client.exceptions import APIError
 
-from rsrs.model.errors import InputDataError
+from rsrs.core.errors import InputDataError
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec
 from rsrs.pipeline.scenes import BandSource, Scene, default_bands, gdal_path, open_raster, scene_from_sources
 

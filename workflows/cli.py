@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from rsrs.model.errors import RsrsError
+from rsrs.core.errors import RsrsError
 
 # name -> (module:attribute of the Click command, one-line help). Modules load only when their command runs,
 # so `rsrs --help` stays fast (the model stack alone takes seconds to import).

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
-from rsrs.model.errors import RsrsError
+from rsrs.core.errors import RsrsError
 from rsrs.pipeline.infer import ModelRef, resident_model
 from rsrs.workflows.job import Compute
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from rsrs.core.files import write_text_atomic
 from rsrs.pipeline.datasets import FORMATS, DatasetFormatError, ReferringDataset, open_dataset
 from rsrs.workflows.metrics import SampleScore, score_sample, summarize, summarize_by
 
@@ -202,13 +203,6 @@ def evaluate(
     return report(scores, model=model_info, data=data_info)
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
-
-
 @click.command("evaluate")
 @click.option(
     "--model",
@@ -304,5 +298,6 @@ def evaluate_command(
             line = f"  {group:<12} n={m['samples']:<5} gIoU {m['gIoU']:.4f}  cIoU {m['cIoU']:.4f}"
             click.echo(f"{line}  Pr@0.5 {m['Pr@0.5']:.4f}")
     if out is not None:
-        _write_json_atomic(Path(out), result)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(result, indent=1) + "\n")
         click.echo(f"report: {out}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from rsrs.model.errors import RsrsError
+from rsrs.core.errors import RsrsError
 from rsrs.pipeline.scenes import Scene, deduplicate_ids, expand_paths, scene_from_raster
 from rsrs.pipeline.stac import load_items, scene_from_item
 from rsrs.workflows.job import InputSpec, Job

@@ -7,28 +7,16 @@ job file's folder, so a job runs the same from any working directory.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyproj
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
+from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 from rsrs.pipeline.scaling import ScalingSpec
 
 #: The model used when a job names none.
@@ -37,8 +25,8 @@ DEFAULT_PRESET = "rsrefseg-b"
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^/vsi", re.IGNORECASE)
 
 
-class _Strict(BaseModel):
-    """Base of every job section: unknown keys are errors."""
+class _Strict(StrictModel):
+    """Base of every job section: unknown keys are errors, and a validated job does not change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -308,92 +296,17 @@ _EMPTY_HINTS = {
 }
 
 
-def _unwrap(annotation: Any) -> Any:
-    """The model class inside ``Optional``, ``Annotated``, ``list`` and unions, else None."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _unwrap(arg)
-            if found is not None:
-                return found
-        return None
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def _walk(loc: tuple) -> tuple[tuple, type[BaseModel] | None]:
-    """``loc`` without pydantic's union-member tags, and the model class of the mapping it ends in."""
-    model: Any = Job
-    kept: list = []
-    for part in loc:
-        if isinstance(part, int):
-            kept.append(part)
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        if field is not None:
-            kept.append(part)
-            model = _unwrap(field.annotation)
-    return tuple(kept), model
-
-
-def _dotted(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
-
-
-def _describe(errors: list[dict], source: str) -> str:
-    """One line for the most useful pydantic error: unknown keys first, then the first other error."""
-    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    raw_loc, kind = tuple(error["loc"]), error["type"]
-    where = f" in {source}"
-    if kind == "extra_forbidden":
-        parent, model = _walk(raw_loc[:-1])
-        keys = list(model.model_fields) if model is not None else []
-        near = difflib.get_close_matches(str(raw_loc[-1]), keys, n=1, cutoff=0.5)
-        hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(keys)}"
-        return f"unknown key '{_dotted((*parent, raw_loc[-1]))}'{where}; {hint}"
-    loc, _ = _walk(raw_loc)
-    if len(loc) == 1 and loc[0] in _EMPTY_HINTS and (kind == "missing" or not error.get("input")):
-        return f"no {loc[0]}{where}; {_EMPTY_HINTS[loc[0]]}"
-    if kind == "missing":
-        return f"missing required key '{_dotted(loc)}'{where}"
-    # a value failing every member of a union gives one error per member: say them all
-    messages = dict.fromkeys(
-        str(e["msg"]).removeprefix("Value error, ") for e in errors if _walk(tuple(e["loc"]))[0] == loc
-    )
-    value = error.get("input")
-    shown = "" if kind == "value_error" or isinstance(value, dict | list) else f" (got {value!r})"
-    return f"invalid value for '{_dotted(loc)}'{where}: {' or '.join(messages)}{shown}"
-
-
 def parse_job(data: Any, *, source: str | Path = "job") -> Job:
     """Validate a job mapping; relative paths resolve against ``source``'s folder when it is a file."""
     source = str(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a mapping with `inputs:` and `queries:`, got {type(data).__name__}")
     base = Path(source).resolve().parent if Path(source).is_file() else None
-    try:
-        job = Job.model_validate(data, context={"base_dir": base})
-    except ValidationError as err:
-        raise ConfigError(_describe(err.errors(), source)) from None
+    job = validate(Job, data, source=source, context={"base_dir": base}, hints=_EMPTY_HINTS)
     job._source = source
     return job
 
 
 def load_job(path: str | Path) -> Job:
     """Read and validate a job YAML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"job file not found: {path}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read job file {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid YAML in {path}{line}: {problem}") from None
-    return parse_job(data, source=path)
+    return parse_job(load_yaml_mapping(path, what="job file"), source=path)

@@ -21,13 +21,13 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from rsrs.model.errors import RsrsError
+from rsrs.core.errors import RsrsError
+from rsrs.core.files import write_text_atomic
 from rsrs.model.registry import resolve_model_spec
 from rsrs.pipeline.infer import BatchResult, BatchTask, ModelRef, run_batch, tile_path
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, open_mosaic
 from rsrs.pipeline.polygons import (
     TilePolygons,
-    atomic_target,
     empty_frame,
     load_tile,
     merge_tiles,
@@ -109,8 +109,7 @@ def run_job(
     write_geoparquet(frame, out / POLYGONS)
     _score_and_draw(job, [by_id[r.id] for r in reports if r.status == "done"], reports, frames, out)
     report = _report(job, model, reports + failures, started=started, dry_run=False)
-    with atomic_target(out / REPORT) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / REPORT, json.dumps(report, indent=2))
     if progress and any(r.status == "done" for r in reports):
         click.echo(summary_line(reports + failures, seconds=time.time() - started, polygons=len(frame)), err=True)
         texts = {q.id: q.text for q in job.queries}

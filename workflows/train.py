@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from rsrs.core.errors import ConfigError
+from rsrs.core.files import atomic_path
 from rsrs.model import load_model, save_checkpoint
 from rsrs.model.checkpoint import apply_checkpoint, checkpoint_names
-from rsrs.model.errors import ConfigError
 from rsrs.model.lora import image_encoders_frozen, mark_trainable
 from rsrs.model.losses import bce_dice_loss
 from rsrs.pipeline.datasets import open_dataset
@@ -103,9 +104,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class MetricLog:

@@ -5,18 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from rsrs.model.config import validate_config
-from rsrs.model.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from rsrs.core.errors import ConfigError
+from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 
-class TrainModel(_Strict):
+class TrainModel(StrictModel):
     """Which model to fine-tune: a preset or a model config file, optionally starting from a checkpoint."""
 
     preset: str | None = None
@@ -35,7 +30,7 @@ class TrainModel(_Strict):
         return self
 
 
-class TrainData(_Strict):
+class TrainData(StrictModel):
     """Dataset on disk (DESIGN §5 formats) and how samples are batched."""
 
     format: Literal["manifest", "rrsisd", "refsegrs", "risbench"] = "manifest"
@@ -52,7 +47,7 @@ class TrainData(_Strict):
     )
 
 
-class Optim(_Strict):
+class Optim(StrictModel):
     """AdamW with linear warm-up then cosine decay (reference: lr 1e-4, weight decay 0.05)."""
 
     lr: float = Field(1e-4, gt=0)
@@ -64,14 +59,14 @@ class Optim(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
-class Loss(_Strict):
+class Loss(StrictModel):
     """BCE + Dice weights (reference 5 and 5)."""
 
     bce_weight: float = 5.0
     dice_weight: float = 5.0
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """A whole training run."""
 
     model: TrainModel
@@ -92,11 +87,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"training config {path} does not exist; see configs/train/ for examples")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"training config {path} is not valid YAML: {err}".replace("\n", " ")) from None
-    config = validate_config(TrainConfig, data, what="training config", source=str(path))
+    config = validate(TrainConfig, load_yaml_mapping(path, what="training config"), source=f"training config {path}")
     base = path.parent
     config.data.path = str((base / config.data.path).resolve())
     config.out_dir = str((base / config.out_dir).resolve())

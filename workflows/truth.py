@@ -15,7 +15,7 @@ import xarray as xr
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from rsrs.model.errors import InputDataError
+from rsrs.core.errors import InputDataError
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.scenes import Scene, open_raster
 from rsrs.workflows.job import Query

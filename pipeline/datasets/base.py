@@ -17,7 +17,7 @@ import rasterio
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from rsrs.model.errors import InputDataError, RsrsError
+from rsrs.core.errors import InputDataError, RsrsError
 
 
 class DatasetNotFoundError(RsrsError, FileNotFoundError):

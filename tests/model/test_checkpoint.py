@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from rsrs.core.errors import CheckpointError, ConfigError
 from rsrs.model import load_model, save_checkpoint
-from rsrs.model.errors import CheckpointError, ConfigError
 from tests.model.conftest import random_tiles
 
 

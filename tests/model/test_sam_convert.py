@@ -221,7 +221,7 @@ def test_meta_checkpoint_file_loads_into_the_model(tmp_path):
 
 
 def test_meta_checkpoint_of_the_wrong_size_is_refused(tmp_path):
-    from rsrs.model.errors import CheckpointError
+    from rsrs.core.errors import CheckpointError
 
     path = tmp_path / "sam_vit_b.pth"
     layout = meta_sam_layout(

@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import SamModel, SiglipModel
 
+from rsrs.core.errors import WeightsNotFoundError
 from rsrs.model import build_model, get_model_config, load_model
-from rsrs.model.errors import WeightsNotFoundError
 
 
 @pytest.fixture

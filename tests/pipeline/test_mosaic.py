@@ -3,7 +3,7 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.mosaic import create_mosaic, decode_probability, encode_probability, open_mosaic, write_core
 from rsrs.pipeline.tiling import plan_tiles

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from rsrs.model.errors import InputDataError
+from rsrs.core.errors import InputDataError
 from rsrs.pipeline.scaling import ScalingSpec
 from rsrs.pipeline.scenes import (
     SceneNotFoundError,

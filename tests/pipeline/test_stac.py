@@ -6,7 +6,7 @@ import pystac
 import pystac_client
 import pytest
 
-from rsrs.model.errors import InputDataError
+from rsrs.core.errors import InputDataError
 from rsrs.pipeline.stac import StacApiError, StacError, load_items, scene_from_item
 from tests.rasters import write_band_files, write_geotiff
 from tests.servers import error_server, free_port, rustac_api, rustac_available

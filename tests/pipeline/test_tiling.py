@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.tiling import batched, plan_tiles
 

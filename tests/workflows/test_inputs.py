@@ -5,7 +5,7 @@ import numpy as np
 import pystac
 import pytest
 
-from rsrs.model.errors import RsrsError
+from rsrs.core.errors import RsrsError
 from rsrs.pipeline.scenes import SceneNotFoundError, SceneReadError
 from rsrs.pipeline.stac import StacApiError, StacError
 from rsrs.workflows.inputs import resolve_scenes

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
 from rsrs.pipeline.scaling import ScalingSpec
 from rsrs.workflows.job import Job, load_job, parse_job, query_slug
 

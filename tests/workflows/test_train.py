@@ -12,8 +12,8 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from rsrs.core.errors import ConfigError
 from rsrs.model import load_model
-from rsrs.model.errors import ConfigError
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli

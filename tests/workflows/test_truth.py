@@ -9,7 +9,7 @@ import xarray as xr
 import yaml
 from affine import Affine
 
-from rsrs.model.errors import ConfigError
+from rsrs.core.errors import ConfigError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, open_mosaic, write_core
 from rsrs.workflows.inputs import resolve_scenes

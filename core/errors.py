@@ -1,4 +1,4 @@
-"""The one exception hierarchy of rsrs.
+"""The one exception hierarchy of rsrs (rsrs.core.errors).
 
 Every error a user can cause derives from :class:`RsrsError` and from the builtin it refines, so callers
 may catch either. Messages say what went wrong, where, and what to do next; the CLI prints them as one line.
@@ -23,3 +23,7 @@ class CheckpointError(RsrsError, ValueError):
 
 class InputDataError(RsrsError, ValueError):
     """Input imagery, labels or catalog metadata cannot be used as given."""
+
+
+class OutputError(RsrsError, OSError):
+    """An output cannot be written where asked (an existing file, a read-only or full location)."""
