@@ -2,7 +2,7 @@
 
 In a Dask worker other threads read tiles and hand results on while the model runs; every eager kernel launch then
 waits for the GIL. This measures what that costs the model (uint8 codes, host tiles in, host codes out, as
-``rsrs.pipeline.infer`` runs it) with and without CUDA graphs, and compares their codes (a weak check at random
+``rsrs.pipeline.resident`` runs it) with and without CUDA graphs, and compares their codes (a weak check at random
 init, whose masks are nearly uniform; the GPU tests compare masks of the trained demo model).
 
 Run on the GPU machine:  python -m benchmarks.graphs_gpu [--preset rsrefseg-b] [--batch 16] [--name graphs_gpu]
@@ -19,8 +19,8 @@ import torch
 
 from benchmarks._common import busy_python_thread, device_info, timed, write_result
 from benchmarks.run_gpu import QUERIES, random_init_config
-from rsrs.model import load_model
-from rsrs.pipeline.infer import codes_predictor
+from rsrs.model import batch_predictor, load_model
+from rsrs.pipeline.resident import stored_codes
 
 
 def main() -> None:
@@ -35,8 +35,8 @@ def main() -> None:
     text = model.encode_texts(QUERIES[:1])
     tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
 
-    eager_codes = codes_predictor(model, text, batch=args.batch, graphs=False)
-    graphed_codes = codes_predictor(model, text, batch=args.batch)  # what the workers run
+    eager_codes = batch_predictor(model, text, batch=args.batch, postprocess=stored_codes, graphs=False)
+    graphed_codes = batch_predictor(model, text, batch=args.batch, postprocess=stored_codes)  # what workers run
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "eager": lambda: eager_codes(tiles.to(model.device)).cpu(),
         "graphed": lambda: graphed_codes(tiles.to(model.device)).cpu(),

@@ -25,7 +25,7 @@ import rasterio
 
 from benchmarks._common import busy_python_thread, write_result
 from benchmarks.run_rss import write_scene
-from rsrs.pipeline.infer import IO_THREADS
+from rsrs.pipeline.finisher import IO_THREADS
 from rsrs.pipeline.reading import read_tile, read_tiles
 from rsrs.pipeline.scenes import Scene, scene_from_raster
 from rsrs.pipeline.tiling import Tile, batched, plan_tiles

@@ -26,8 +26,8 @@ import yaml
 
 from benchmarks._common import device_info, timed, write_result
 from benchmarks.run_rss import write_scene
-from rsrs.model import get_model_config, load_model
-from rsrs.pipeline.infer import codes_predictor
+from rsrs.model import batch_predictor, get_model_config, load_model
+from rsrs.pipeline.resident import stored_codes
 from rsrs.workflows import run_job
 
 QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest field", "vehicles", "tennis courts"]
@@ -121,7 +121,7 @@ def main() -> None:
         model = load_model(model_config, device=args.device)
         tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
         texts = model.encode_texts(QUERIES[:1])
-        codes = codes_predictor(model, texts, batch=args.batch)  # what the workers run
+        codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
         # host tiles in, host out: eager float32 probabilities, and the workers' uint8 codes (CUDA graphs on a GPU)
         eager = args.batch / timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)
         same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)

@@ -1,8 +1,8 @@
 """Where a GPU worker's time goes during `rsrs run`: the model lock, tile reads and tasks, timed inside the worker.
 
-The worker's module is instrumented through ``client.run`` before the job starts (a lock that records when it
-is held, wrappers around the read of a tile group and around a task), so the run itself is `rsrs run`'s own
-code on a real LocalCluster. Reports the scene's lead-in (first task start to the first model batch: the first
+The worker gets a recorder through ``client.run`` before the job starts (``rsrs.pipeline.resident.set_recorder``:
+the model's turns, the reads of tile groups and the tasks), so the run itself is `rsrs run`'s own code on a real
+LocalCluster. Reports the scene's lead-in (first task start to the first model batch: the first
 read), tail (last batch to the last task's end: copies back and writes), the time the model lock was held and the
 gaps between its holds. On a GPU with side-stream copies the lock covers only queueing a batch's work, so there
 the gaps are not idle GPU time; the lead-in and tail are.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -29,48 +28,32 @@ from benchmarks.run_rss import write_scene
 Event = tuple[str, int, float, float, str]  # kind, thread, start, end, first tile key
 
 
+class EventLog:
+    """A recorder for the worker's resident model: keeps every event with the thread that saw it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, kind: str, start: float, end: float, key: str) -> None:
+        import threading
+
+        self.events.append((kind, threading.get_ident(), start, end, key))
+
+
+_LOG = EventLog()
+
+
 def instrument() -> str:
-    """In the worker: record model-lock holds, group reads and tasks into ``rsrs.pipeline.infer._EVENTS``."""
-    import threading
-    import time
+    """In the worker: send the resident model's timed events (model turns, group reads, tasks) to the log."""
+    from rsrs.pipeline.resident import set_recorder
 
-    import rsrs.pipeline.infer as infer
-
-    events: list[Event] = []
-    infer._EVENTS = events
-
-    class RecordingLock:
-        def __init__(self) -> None:
-            self.lock = threading.Lock()
-
-        def __enter__(self) -> None:
-            self.lock.acquire()
-            self.held = time.perf_counter()
-
-        def __exit__(self, *exc: object) -> None:
-            events.append(("model", threading.get_ident(), self.held, time.perf_counter(), ""))
-            self.lock.release()
-
-    def recording(kind: str, fn: Callable, key: Callable[..., str]) -> Callable:
-        def wrapper(*args: object) -> object:
-            start = time.perf_counter()
-            out = fn(*args)
-            events.append((kind, threading.get_ident(), start, time.perf_counter(), key(*args)))
-            return out
-
-        return wrapper
-
-    infer._MODEL_LOCK = RecordingLock()
-    infer._read_group = recording("read", infer._read_group, lambda io, scene, tiles: tiles[0].key)
-    infer.run_batch = recording("task", infer.run_batch, lambda task: task.tiles[0].key)
+    set_recorder(_LOG)
     return "instrumented"
 
 
 def recorded() -> list[Event]:
     """In the worker: the events recorded so far."""
-    import rsrs.pipeline.infer as infer
-
-    return list(infer._EVENTS)
+    return list(_LOG.events)
 
 
 def summarise(events: list[Event]) -> dict:

@@ -94,11 +94,13 @@ def relative_position_embeddings(q_size: int, k_size: int, rel_pos: torch.Tensor
     return table[(q - k + (k_size - 1) * k_stretch).long()]  # q_size x k_size x C
 
 
-def build_tokenizer(spec: SiglipSpec, *, pretrained: bool, weights_root: str | Path | None) -> Tokenizer:
+def build_tokenizer(
+    spec: SiglipSpec, *, pretrained: bool, weights_root: str | Path | None, download: bool = True
+) -> Tokenizer:
     """The text tokenizer the SigLIP spec asks for; random-init models (``pretrained=False``) use bytes."""
     if spec.tokenizer == "bytes" or not pretrained:
         return ByteTokenizer(length=spec.text_length)
     if not spec.pretrained:
         raise CheckpointError("siglip.tokenizer 'pretrained' needs siglip.pretrained (a hub id or directory)")
-    path = resolve_pretrained(spec.pretrained, what="SigLIP tokenizer", weights_root=weights_root)
+    path = resolve_pretrained(spec.pretrained, what="SigLIP tokenizer", weights_root=weights_root, download=download)
     return PretrainedTokenizer(path, length=spec.text_length)

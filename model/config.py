@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 
@@ -93,6 +94,21 @@ class ModelConfig(StrictModel):
 def presets_dir() -> Path:
     """The folder of shipped model presets (works after a non-editable install)."""
     return Path(str(resources.files("rsrs.configs"))) / "models"
+
+
+def list_models() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """The config of a shipped preset."""
+    path = presets_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown model preset '{name}'; choose one of {', '.join(list_models())} (see `rsrs models`)"
+        )
+    return load_model_config(path)
 
 
 def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:

@@ -7,34 +7,20 @@ LoRA -> trainable set -> checkpoint tensors -> device/dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from rsrs.core.errors import ConfigError
+from rsrs.core.errors import ConfigError, WeightsNotFoundError
 from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
 from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
-from rsrs.model.config import ModelConfig, load_model_config, presets_dir
+from rsrs.model.config import ModelConfig, get_model_config, load_model_config, presets_dir
 from rsrs.model.lora import apply_lora, mark_trainable
 from rsrs.model.prompter import AttnPrompter
 from rsrs.model.rsrefseg import RSRefSeg
-
-
-def list_models() -> list[str]:
-    """Names of the shipped presets."""
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
-
-
-def get_model_config(name: str) -> ModelConfig:
-    """The config of a shipped preset."""
-    path = presets_dir() / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(
-            f"unknown model preset '{name}'; choose one of {', '.join(list_models())} (see `rsrs models`)"
-        )
-    return load_model_config(path)
+from rsrs.model.tokenizer import check_query_lengths as check_lengths
 
 
 def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
@@ -50,7 +36,23 @@ def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Pat
         if not path.exists():
             raise ConfigError(f"model config {path} does not exist; check the path")
         return load_model_config(path), None
+    if path.suffix or path.exists():
+        kind = f"a {path.suffix} file" if path.suffix else "a folder or a file without a suffix"
+        raise ConfigError(
+            f"model {spec} is {kind}; give a preset name (see `rsrs models`), a model config .yaml, "
+            "or a checkpoint .safetensors written by `rsrs train`"
+        )
     return get_model_config(str(spec)), None
+
+
+def check_query_lengths(config: ModelConfig, texts: Sequence[str]) -> None:
+    """Fail when a query is longer than ``config``'s model reads, if its tokenizer is at hand here (a client
+    without the pretrained tokenizer files leaves the check to the workers, which load the model)."""
+    try:
+        tokenizer = build_tokenizer(config.siglip, pretrained=True, weights_root=None, download=False)
+    except WeightsNotFoundError:
+        return
+    check_lengths(tokenizer, texts)
 
 
 def _shipped_checkpoint(config: ModelConfig) -> Path | None:

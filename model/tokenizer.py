@@ -6,11 +6,14 @@ a byte-level tokenizer that needs no files, so they work on a machine without an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from rsrs.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,29 @@ class TokenizedText:
 
 
 class Tokenizer(Protocol):
-    """Turns queries into :class:`TokenizedText` of a fixed length."""
+    """Turns queries into :class:`TokenizedText` of at most ``length`` tokens."""
+
+    length: int
 
     def __call__(self, texts: list[str]) -> TokenizedText: ...
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens of each text before any truncation (end-of-text included)."""
+        ...
+
+
+class QueryTooLongError(ConfigError):
+    """A query has more tokens than the model reads: it would be cut silently."""
+
+
+def check_query_lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> None:
+    """Raise :class:`QueryTooLongError` for the first query longer than the model's text length."""
+    for text, n in zip(texts, tokenizer.count(list(texts)), strict=True):
+        if n > tokenizer.length:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise QueryTooLongError(
+                f'query "{shown}" has {n} tokens but the model reads at most {tokenizer.length}; shorten it'
+            )
 
 
 class ByteTokenizer:
@@ -36,11 +59,14 @@ class ByteTokenizer:
     def __init__(self, *, length: int) -> None:
         self.length = length
 
+    def _bytes(self, text: str) -> bytes:
+        return text.strip().lower().encode("utf-8")
+
+    def count(self, texts: list[str]) -> list[int]:  # noqa: D102
+        return [len(self._bytes(t)) + 1 for t in texts]
+
     def __call__(self, texts: list[str]) -> TokenizedText:
-        rows = [
-            [b + self.offset for b in text.strip().lower().encode("utf-8")][: self.length - 1] + [self.eos_id]
-            for text in texts
-        ]
+        rows = [[b + self.offset for b in self._bytes(text)][: self.length - 1] + [self.eos_id] for text in texts]
         ids = torch.full((len(texts), self.length), self.pad_id, dtype=torch.long)  # Q x L
         valid = torch.zeros((len(texts), self.length), dtype=torch.bool)  # Q x L
         for i, row in enumerate(rows):
@@ -57,6 +83,9 @@ class PretrainedTokenizer:
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.length = length
+
+    def count(self, texts: list[str]) -> list[int]:  # noqa: D102
+        return [len(ids) for ids in self._tok([t.strip().lower() for t in texts])["input_ids"]]
 
     def __call__(self, texts: list[str]) -> TokenizedText:
         out = self._tok(

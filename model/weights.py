@@ -26,8 +26,11 @@ def weights_dir(override: str | Path | None = None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def resolve_pretrained(ref: str, *, what: str, weights_root: str | Path | None = None) -> Path:
-    """Local path holding the weights named by ``ref`` (a path, or a hub id), or raise WeightsNotFoundError."""
+def resolve_pretrained(ref: str, *, what: str, weights_root: str | Path | None = None, download: bool = True) -> Path:
+    """Local path holding the weights named by ``ref`` (a path, or a hub id), or raise WeightsNotFoundError.
+
+    ``download=False`` looks only on local disk (e.g. for a quick check on a client that will not run the model).
+    """
     as_given = Path(ref).expanduser()
     if as_given.exists():
         return as_given
@@ -41,7 +44,7 @@ def resolve_pretrained(ref: str, *, what: str, weights_root: str | Path | None =
             return Path(snapshot_download(ref, local_files_only=True))
         except Exception:  # noqa: BLE001 - any cache miss means: not available locally
             pass
-        if not _offline():
+        if download and not _offline():
             try:
                 return Path(snapshot_download(ref))
             except Exception:  # noqa: BLE001 - network, auth or missing repo all end the same way

@@ -27,6 +27,7 @@ VARIABLE = "probability"
 FILL = 255
 SCALE = 1 / 254
 _FINGERPRINT_ATTR = "rsrs_fingerprint"
+_SOURCE_ATTR = "rsrs_source"
 ArrayLike = TypeVar("ArrayLike")  # a numpy array or a torch tensor
 
 
@@ -105,22 +106,29 @@ def create_mosaic(
     query_texts: Sequence[str],
     chunk_size: int,
     fingerprint: str,
+    source: str,
 ) -> bool:
     """Create the scene's group unless a compatible one exists; True when created.
 
-    ``fingerprint`` names everything that decides the chunk contents (model, queries, tiling, threshold).
-    A group with another fingerprint belongs to a different job: raise rather than mix the two.
+    ``fingerprint`` names everything that decides the chunk contents (model, queries, tiling, threshold, the
+    scene's pixels); ``source`` is where the scene came from. A group with another fingerprint belongs to a
+    different job or scene: raise (saying which) rather than mix the two.
     """
-    existing = _fingerprint(store, scene_id)
-    if existing == fingerprint:
+    existing = _stored(store, scene_id)
+    if existing is not None and existing.get(_FINGERPRINT_ATTR) == fingerprint:
         return False
     if existing is not None:
-        raise ConfigError(
-            f"{store}/{scene_id} was written by a different job (model, queries, tiling or threshold "
-            "changed); rerun with --overwrite or choose another output.dir"
+        before = existing.get(_SOURCE_ATTR)
+        what = (
+            f"holds scene '{scene_id}' of {before}, but this job's scene '{scene_id}' is {source} (scene ids follow "
+            "the file names and the order of the inputs)"
+            if before != source
+            else "was written for other settings (model, queries, tiling, threshold or the scene's bands/scaling)"
         )
+        raise ConfigError(f"{store}/{scene_id} {what}; rerun with --overwrite or choose another output.dir")
     ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
     ds.attrs[_FINGERPRINT_ATTR] = fingerprint
+    ds.attrs[_SOURCE_ATTR] = source
     with warnings.catch_warnings():
         # zarr-python warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -129,15 +137,15 @@ def create_mosaic(
     return True
 
 
-def _fingerprint(store: Path, scene_id: str) -> str | None:
-    """The fingerprint of an existing scene group, or None when there is none (or it is incomplete)."""
+def _stored(store: Path, scene_id: str) -> dict | None:
+    """The attributes of an existing scene group, or None when there is none (or it is incomplete)."""
     try:
         group = zarr.open_group(store, path=scene_id, mode="r")
-    except (FileNotFoundError, zarr.errors.ContainsArrayError):
+    except (FileNotFoundError, zarr.errors.ContainsArrayError, zarr.errors.GroupNotFoundError):
         return None
     if VARIABLE not in group:
         return None
-    return group.attrs.get(_FINGERPRINT_ATTR)
+    return dict(group.attrs)
 
 
 def write_core(store: Path, scene_id: str, core: PixelWindow, codes: np.ndarray) -> None:

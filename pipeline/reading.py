@@ -19,9 +19,11 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from rsrs.core.errors import InputDataError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.scaling import apply_scaling
 from rsrs.pipeline.scenes import Scene, open_raster
@@ -29,6 +31,17 @@ from rsrs.pipeline.scenes import Scene, open_raster
 #: At most this many neighbouring tiles are read as one window: enough to share blocks and GIL-free decoding,
 #: few enough to bound one read's memory (8 x 1 Mpx tiles of float32 RGB are under 100 MB).
 RUN_TILES = 8
+
+
+class TileReadError(InputDataError):
+    """A window of an opened scene cannot be read (e.g. a corrupt block); says which window and GDAL's reason."""
+
+    def __init__(self, scene: Scene, window: PixelWindow, reason: str) -> None:
+        self.window, self.reason = window, reason
+        super().__init__(
+            f"{scene.source}: cannot read rows {window.row_off}-{window.row_end}, "
+            f"cols {window.col_off}-{window.col_end}: {reason}"
+        )
 
 
 def _on_grid(dataset: rasterio.DatasetReader, grid: RasterGrid) -> bool:
@@ -79,7 +92,10 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
     for href, by_band in positions.items():
         indexes = sorted(by_band)
         with open_raster(href) as dataset:
-            data, ok = _read_bands(dataset, scene.grid, indexes, inner)  # (k, ih, iw) each
+            try:
+                data, ok = _read_bands(dataset, scene.grid, indexes, inner)  # (k, ih, iw) each
+            except RasterioError as err:
+                raise TileReadError(scene, inner, _first_line(err)) from None
         for k, band in enumerate(indexes):
             for pos in by_band[band]:
                 values[pos], masks[pos] = data[k], ok[k]
@@ -89,6 +105,12 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
     rgb[:, rows, cols] = scaled if inner_valid.all() else np.where(inner_valid, scaled, 0)
     valid[rows, cols] = inner_valid
     return rgb, valid
+
+
+def _first_line(err: Exception) -> str:
+    """GDAL's own message, without rasterio's wrapping lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def read_tiles(

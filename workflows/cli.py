@@ -52,6 +52,9 @@ class RsrsGroup(click.Group):
                 raise
             click.echo(f"Error: {err}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished work is kept (rerun the same command to resume).", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=RsrsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +75,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if not verbose:  # HTTP retries are not news: a request that finally fails becomes rsrs's own one-line error
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -4,10 +4,10 @@
   of ``compute.n_workers`` single-threaded worker processes starts, or with GPUs one two-threaded,
   non-daemon worker per GPU (dask-cuda's ``LocalCUDACluster`` when it is installed).
 - :class:`ResidentModelPlugin` loads the model once per worker when the worker joins (tasks then find it
-  in :func:`rsrs.pipeline.infer.resident_model`'s per-process cache); tasks carry only small specs.
+  in :func:`rsrs.pipeline.resident.resident_model`'s per-process cache); tasks carry only small specs.
 - On GPU clusters every worker offers one ``GPU`` resource and every task asks for half of it
   (:data:`GPU_PER_TASK`): two tasks share a GPU so that one reads tiles while the other runs the model
-  (the model itself takes one batch at a time, see :mod:`rsrs.pipeline.infer`).
+  (the model itself takes one batch at a time, see :mod:`rsrs.pipeline.resident`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from rsrs.core.errors import RsrsError
-from rsrs.pipeline.infer import ModelRef, resident_model
+from rsrs.pipeline.resident import ModelRef, resident_model
 from rsrs.workflows.job import Compute
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ GPU_PER_TASK = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K")
 
 
 class ClusterError(RsrsError, ConnectionError):
@@ -120,7 +121,11 @@ class ResidentModelPlugin(WorkerPlugin):
             torch.set_num_threads(self.torch_threads)
         if self.model.device != "cpu" and torch.cuda.device_count() > 1 and isinstance(worker.name, int):
             torch.cuda.set_device(worker.name % torch.cuda.device_count())
-        resident_model(self.model, self.query_texts, warm_up=self.warm_up)
+        resident = resident_model(self.model)
+        resident.text_features(self.query_texts)
+        if self.warm_up is not None:
+            batch, tile = self.warm_up
+            resident.warm_up(self.query_texts, batch=batch, tile=tile)
 
 
 def load_models(
@@ -144,24 +149,26 @@ def load_models(
 def bounded_map(
     client: Client,
     func: Callable[[T], R],
-    items: Iterable[T],
+    items: Iterable[tuple[K, T]],
     *,
     max_in_flight: int,
     resources: dict[str, float] | None = None,
-) -> Iterator[tuple[T, R | BaseException]]:
-    """Submit ``func(item)`` lazily, at most ``max_in_flight`` at once; yield (item, result or error) as done.
+) -> Iterator[tuple[K, R | BaseException]]:
+    """Submit ``func(arg)`` for each ``(tag, arg)`` lazily, at most ``max_in_flight`` at once; yield
+    ``(tag, result or error)`` as they finish. Tags stay on the client (they need not pickle).
 
     ``items`` is consumed only as slots free up, so a generator may skip work based on earlier results.
     """
     items = iter(items)
-    pending: dict[Any, T] = {}
+    pending: dict[Any, K] = {}
 
     def submit_next() -> bool:
-        item = next(items, None)
-        if item is None:
+        entry = next(items, None)
+        if entry is None:
             return False
-        future = client.submit(func, item, pure=False, resources=resources)
-        pending[future.key] = item
+        tag, arg = entry
+        future = client.submit(func, arg, pure=False, resources=resources)
+        pending[future.key] = tag
         done.add(future)
         return True
 
@@ -170,11 +177,11 @@ def bounded_map(
         if not submit_next():
             break
     for future in done:
-        item = pending.pop(future.key)
+        tag = pending.pop(future.key)
         try:
             outcome: R | BaseException = future.result()
         except Exception as err:  # the task's own error, or a cancellation (e.g. workers lost)
             outcome = err
         future.release()
-        yield item, outcome
+        yield tag, outcome
         submit_next()

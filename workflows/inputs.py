@@ -81,7 +81,7 @@ def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS, progress: bool =
     def failed(source: str, err: RsrsError) -> None:
         if job.on_error == "fail":
             raise err
-        log.warning("skipping %s: %s", source, err)
+        log.info("skipping %s: %s", source, err)  # recorded in run.json; the CLI lists failures at the end
         resolved.failures.append(InputFailure(source=source, message=str(err)))
 
     entries: list[tuple[str, Callable[[], Scene] | RsrsError]] = []  # (source, how to open it or why not)

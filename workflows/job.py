@@ -7,17 +7,19 @@ job file's folder, so a job runs the same from any working directory.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import pyproj
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
-from rsrs.pipeline.scaling import ScalingSpec
+
+if TYPE_CHECKING:  # the job schema loads without numpy, GDAL or pyproj: its errors answer at once
+    from rsrs.pipeline.scaling import ScalingSpec
 
 #: The model used when a job names none.
 DEFAULT_PRESET = "rsrefseg-b"
@@ -80,6 +82,8 @@ class Scaling(_Strict):
 
     def spec(self) -> ScalingSpec:
         """The pipeline's form of this option."""
+        from rsrs.pipeline.scaling import ScalingSpec
+
         return ScalingSpec(method=self.method, percentiles=self.percentile, value_range=self.range)
 
 
@@ -156,9 +160,10 @@ class InputSpec(_Strict):
 
 
 def query_slug(text: str) -> str:
-    """A query id from its text: lower-case words joined by ``-``, at most 40 characters."""
+    """A query id from its text: lower-case ASCII words joined by ``-``, at most 40 characters; a text without
+    ASCII letters or digits (e.g. Chinese) gets ``q-`` and a short hash of the text, distinct per text."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
-    return slug or "query"
+    return slug or f"q-{hashlib.sha1(text.strip().encode('utf-8')).hexdigest()[:8]}"
 
 
 class Query(_Strict):
@@ -173,6 +178,13 @@ class Query(_Strict):
     truth: str | None = None
 
     resolve_paths = field_validator("truth")(_resolve)
+
+    @field_validator("text")
+    @classmethod
+    def _has_words(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("a query's text is empty or only whitespace; write what to find")
+        return text
 
     @model_validator(mode="before")
     @classmethod
@@ -243,6 +255,8 @@ class Output(_Strict):
     @field_validator("vector_crs")
     @classmethod
     def _known_crs(cls, value: str) -> str:
+        import pyproj
+
         try:
             pyproj.CRS.from_user_input(value)
         except pyproj.exceptions.CRSError as err:

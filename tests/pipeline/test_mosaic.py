@@ -15,9 +15,16 @@ def _field(seed: int, shape: tuple[int, int], q: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).random((q, *shape), dtype=np.float32)
 
 
-def _create(store, grid=GRID, fingerprint="f1"):
+def _create(store, grid=GRID, fingerprint="f1", source="a/s1.tif"):
     return create_mosaic(
-        store, "s1", grid, query_ids=["a", "b"], query_texts=["an a", "a b"], chunk_size=32, fingerprint=fingerprint
+        store,
+        "s1",
+        grid,
+        query_ids=["a", "b"],
+        query_texts=["an a", "a b"],
+        chunk_size=32,
+        fingerprint=fingerprint,
+        source=source,
     )
 
 
@@ -73,5 +80,12 @@ def test_existing_group_is_kept_for_resume_and_rejected_for_another_job(tmp_path
     write_core(store, "s1", core, np.full((2, 32, 32), 7, np.uint8))
     assert not _create(store)  # same fingerprint: kept, chunk survives
     assert (open_mosaic(store, "s1")["probability"].values[:, :32, :32] == 7 / 254).all()
-    with pytest.raises(ConfigError, match="--overwrite"):
+    with pytest.raises(ConfigError, match="other settings.*--overwrite"):
         _create(store, fingerprint="other")
+
+
+def test_a_scene_id_now_naming_another_file_says_which_files(tmp_path):
+    store = tmp_path / "masks.zarr"
+    assert _create(store)
+    with pytest.raises(ConfigError, match=r"holds scene 's1' of a/s1.tif, but this job's scene 's1' is b/s1.tif"):
+        _create(store, fingerprint="other", source="b/s1.tif")

@@ -111,7 +111,20 @@ def test_query_ids_must_be_unique():
 def test_query_slug():
     assert query_slug("The dark ponds, next to the road!") == "the-dark-ponds-next-to-the-road"
     assert len(query_slug("word " * 40)) <= 40
-    assert query_slug("???") == "query"
+    assert query_slug("???").startswith("q-")
+
+
+def test_shorthand_queries_without_ascii_letters_get_distinct_ids():
+    job = parse_job(minimal(queries=["红色屋顶的建筑", "池塘"]))
+    ids = [q.id for q in job.queries]
+    assert len(set(ids)) == 2 and all(i.startswith("q-") for i in ids)
+    assert ids == [q.id for q in parse_job(minimal(queries=["红色屋顶的建筑", "池塘"])).queries]  # stable
+
+
+@pytest.mark.parametrize("text", ["   ", "\t\n"])
+def test_a_whitespace_only_query_is_an_error(text):
+    message = error_of(minimal(queries=["ponds", {"id": "blank", "text": text}]))
+    assert message.startswith("invalid value for 'queries[1].text' in job.yaml: a query's text is empty")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import multiprocessing
 import pytest
 from distributed import Client, Event, LocalCluster
 
-from rsrs.pipeline.infer import ModelRef, resident_model
+from rsrs.pipeline.resident import ModelRef, resident_model
 from rsrs.workflows import cluster
 from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
 from rsrs.workflows.job import Compute
@@ -33,7 +33,7 @@ def test_bounded_map_never_has_more_than_the_limit_in_flight(client):
             yield i
 
     seen = []
-    for item, result in bounded_map(client, _square, items(), max_in_flight=3):
+    for item, result in bounded_map(client, _square, ((i, i) for i in items()), max_in_flight=3):
         assert len(consumed) - len(seen) <= 3
         seen.append(item)
         assert result == item * item
@@ -41,19 +41,18 @@ def test_bounded_map_never_has_more_than_the_limit_in_flight(client):
 
 
 def test_bounded_map_returns_task_errors_instead_of_raising(client):
-    outcomes = dict(bounded_map(client, _square, ["a", 2], max_in_flight=2))
+    outcomes = dict(bounded_map(client, _square, [("a", "a"), (2, 2)], max_in_flight=2))
     assert isinstance(outcomes["a"], TypeError) and outcomes[2] == 4
 
 
 def _model_identity(_: int) -> int:
-    model, _text = resident_model(TINY, ("ponds",))
-    return id(model)
+    return id(resident_model(TINY).model)
 
 
 def test_model_is_loaded_once_and_reused_by_every_task(client):
     load_models(client, TINY, ("ponds",), local=True)
-    preloaded = id(resident_model(TINY, ("ponds",))[0])  # in-process workers share this process's cache
-    ids = {r for _, r in bounded_map(client, _model_identity, range(6), max_in_flight=4)}
+    preloaded = id(resident_model(TINY).model)  # in-process workers share this process's cache
+    ids = {r for _, r in bounded_map(client, _model_identity, ((i, i) for i in range(6)), max_in_flight=4)}
     assert ids == {preloaded}
     assert not uses_gpus(client)
 

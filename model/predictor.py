@@ -1,4 +1,5 @@
-"""Replaying a batch function from CUDA graphs: one Python call per batch instead of thousands of launches.
+"""The batch predictor GPU workers run: ``predict`` for fixed queries, post-processed on the device (e.g. quantised
+to the stored codes), replayed from CUDA graphs: one Python call per batch instead of thousands of launches.
 
 Eager PyTorch launches every kernel of SAM and SigLIP from Python, one op at a time, and each launch needs the
 GIL. Inside a Dask worker other threads (reading tiles, handing results on) hold the GIL between launches, and
@@ -12,12 +13,42 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from rsrs.model.outputs import TextFeatures
+    from rsrs.model.protocol import ReferringModel
 
 log = logging.getLogger(__name__)
 
 BatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def batch_predictor(
+    model: ReferringModel,
+    text: TextFeatures,
+    *,
+    batch: int,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    graphs: bool = True,
+) -> BatchFn:
+    """``postprocess(model.predict(images, text))`` as one function of the images, for fixed queries.
+
+    images: N x 3 x T x T uint8 on the model's device -> N x Q x T x T (``postprocess`` of the probabilities,
+    computed on the device, e.g. quantised to uint8 codes so a quarter of float32's bytes cross to the host).
+    On a GPU (and with ``graphs``) it is replayed from CUDA graphs captured for batches of ``batch`` tiles.
+    """
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            probs = model.predict(images, text)  # N x Q x T x T float32
+            return probs if postprocess is None else postprocess(probs)
+
+    if not graphs or model.device.type != "cuda":
+        return predict
+    return GraphedBatches(predict, batch=batch)
 
 
 class GraphedBatches:

@@ -1,4 +1,4 @@
-"""The body of a `rsrs run` task: device-side quantisation and finishing tiles in threads or processes."""
+"""The body of a `rsrs run` task: device-side quantisation, finishing tiles in threads or processes, read failures."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import shapely
 import torch
 import zarr
 
-from rsrs.pipeline import infer
-from rsrs.pipeline.infer import BatchTask, ModelRef, run_batch
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
+from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
+from rsrs.pipeline.tasks import BatchTask, run_batch
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
@@ -36,7 +36,7 @@ def _task(folder, model: ModelRef) -> BatchTask:
     scene = resolve_scenes(job).scenes[0]
     tiles = plan_tiles(scene.grid, tile_size=40, overlap=8)
     create_mosaic(folder / "masks.zarr", scene.id, scene.grid, query_ids=["q0", "q1"], query_texts=["a", "b"],
-                  chunk_size=tiles.core_size, fingerprint="test")  # fmt: skip
+                  chunk_size=tiles.core_size, fingerprint="test", source="scene.tif")  # fmt: skip
     return BatchTask(
         scene=scene,
         tiles=tuple(tiles),
@@ -50,29 +50,25 @@ def _task(folder, model: ModelRef) -> BatchTask:
 
 
 @pytest.fixture
-def finisher_kind(monkeypatch):
-    """Make the resident finisher a thread pool or a process pool (as on a GPU worker), whatever the device."""
-    real = infer._finisher
+def finisher_kind():
+    """Load the resident model with a thread or a process finisher pool (as on a GPU worker), whatever the device."""
 
-    def use(kind: str) -> None:
-        if infer._RESIDENT is not None:
-            infer._RESIDENT.finisher.shutdown()
-        monkeypatch.setattr(infer, "_RESIDENT", None)
-        monkeypatch.setattr(infer, "_finisher", lambda _device: real("cuda" if kind == "processes" else "cpu"))
+    def use(kind: str, model: ModelRef):
+        release_resident()
+        return resident_model(model, finisher=kind)
 
     yield use
-    if infer._RESIDENT is not None:
-        infer._RESIDENT.finisher.shutdown()
+    release_resident()
 
 
 def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, finisher_kind):
     outputs = {}
     for kind in ("threads", "processes"):
-        finisher_kind(kind)
         task = _task(tmp_path / kind, ModelRef("tiny", device="cpu"))
+        resident = finisher_kind(kind, task.model)
         result = run_batch(task)
-        assert type(infer._RESIDENT.finisher).__name__ == ("ProcessPoolExecutor" if kind == "processes" else
-                                                           "ThreadPoolExecutor")  # fmt: skip
+        assert type(resident.finisher).__name__ == ("ProcessPoolExecutor" if kind == "processes" else
+                                                    "ThreadPoolExecutor")  # fmt: skip
         assert result.computed + result.skipped == len(task.tiles) and result.computed > 0
         mosaic = zarr.open_array(task.store, path=f"{task.scene.id}/{VARIABLE}", mode="r")[:]
         polygons = sorted(
@@ -92,17 +88,18 @@ def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
     from concurrent.futures import ThreadPoolExecutor
     from itertools import pairwise
 
-    from rsrs.model import load_model
     from tests.model.conftest import random_tiles
 
-    model = load_model("demo", device="cuda")  # trained: its masks depend on the tiles (tiny's random ones do not)
-    text = model.encode_texts(["the pond", "the road"])
-    predict = infer.codes_predictor(model, text, batch=4)
+    queries = ("the pond", "the road")
+    release_resident()
+    resident = resident_model(ModelRef("demo", device="cuda"))  # trained: its masks depend on the tiles
+    model, text = resident.model, resident.text_features(queries)
     batches = [random_tiles(seed, batch=4 if seed % 3 else 3).numpy() for seed in range(12)]
     with torch.inference_mode():
         expected = [quantise(model.predict(torch.from_numpy(b).cuda(), text)).to(torch.uint8).cpu() for b in batches]
     with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda b: infer._predict_codes(predict, model.device, b), batches))
+        got = list(pool.map(lambda b: resident.codes(queries, 4, b), batches))
+    release_resident()
     assert all(not torch.equal(a[:3], b[:3]) for a, b in pairwise(expected)), "batches must differ"
     for (codes, gpu_s), want in zip(got, expected, strict=True):
         if len(want) == 4:  # the captured batch size: the very kernels eager runs

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from rsrs.model.graphs import GraphedBatches
+from rsrs.model.predictor import GraphedBatches
 from tests.model.conftest import random_tiles
 
 pytestmark = pytest.mark.gpu
@@ -37,7 +37,7 @@ def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning(caplog):
 
     graphed = GraphedBatches(syncs, batch=2)
     x = torch.arange(6.0, device="cuda").reshape(2, 3)
-    with caplog.at_level(logging.WARNING, logger="rsrs.model.graphs"):
+    with caplog.at_level(logging.WARNING, logger="rsrs.model.predictor"):
         assert torch.equal(graphed(x), x)
         assert torch.equal(graphed(x + 1), x + 1)
     assert "running eagerly" in caplog.text

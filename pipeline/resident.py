@@ -1,0 +1,209 @@
+"""The model a worker process keeps loaded between tasks, and its turn on the device.
+
+Each process holds one :class:`ResidentModel`: the model, the text features of the current job's queries, its
+batch predictors (CUDA graphs on a GPU, see :func:`rsrs.model.batch_predictor`) and the pool that finishes tiles
+(:mod:`rsrs.pipeline.finisher`). Two tasks may share one GPU (each asks for half of it), so one reads while the
+other runs the model; the model's lock keeps it to one batch at a time. On a GPU the lock is held only while a
+batch's work is queued: tiles go up and codes come down on a side stream, overlapping the other task's batch.
+
+A benchmark may set a :class:`Recorder` (:func:`set_recorder`) to see the model's turns, reads and tasks on a
+timeline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from rsrs.pipeline.finisher import FinisherKind, finisher_kind, start_finisher
+from rsrs.pipeline.mosaic import quantise
+
+if TYPE_CHECKING:
+    import torch
+
+    from rsrs.model import ReferringModel, TextFeatures
+    from rsrs.model.predictor import BatchFn
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a worker loads: a preset name, model config path or checkpoint path, and the device."""
+
+    source: str
+    device: str = "auto"
+
+
+class Recorder(Protocol):
+    """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'read' or 'task'."""
+
+    def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
+
+
+class ResidentModel:
+    """One process's loaded model, with what tasks of the current job reuse. Build with :func:`resident_model`."""
+
+    def __init__(self, spec: ModelRef, *, finisher: FinisherKind | None = None) -> None:
+        import torch
+
+        from rsrs.model import load_model
+
+        self.spec = spec
+        self.model: ReferringModel = load_model(spec.source, device=spec.device)
+        kind = finisher or finisher_kind(self.model.device.type)
+        self.finisher = start_finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        self._lock = threading.Lock()  # tasks sharing the process set up texts and predictors once
+        self._turn = threading.Lock()  # and run the model one batch at a time
+        self._queries: tuple[str, ...] | None = None
+        self._text: TextFeatures | None = None
+        self._predictors: dict[int, BatchFn] = {}  # by batch size, for the current queries
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.model.device
+
+    def text_features(self, query_texts: Sequence[str]) -> TextFeatures:
+        """The queries' text features, encoded once (a new query set replaces the old one)."""
+        import torch
+
+        from rsrs.model.tokenizer import check_query_lengths
+
+        query_texts = tuple(query_texts)
+        with self._lock:
+            if query_texts != self._queries:
+                check_query_lengths(self.model.tokenizer, query_texts)
+                with torch.no_grad():
+                    self._text = self.model.encode_texts(list(query_texts))
+                self._queries, self._predictors = query_texts, {}
+            assert self._text is not None
+            return self._text
+
+    def predictor(self, query_texts: Sequence[str], batch: int) -> BatchFn:
+        """The model's uint8 codes for these queries, for batches of at most ``batch`` tiles, made once."""
+        from rsrs.model import batch_predictor
+
+        text = self.text_features(query_texts)
+        with self._lock:
+            if batch not in self._predictors:
+                self._predictors[batch] = batch_predictor(self.model, text, batch=batch, postprocess=stored_codes)
+            return self._predictors[batch]
+
+    def warm_up(self, query_texts: Sequence[str], *, batch: int, tile: int) -> None:
+        """On a GPU, run the job's batch shape once (graph capture, allocator), so its set-up is not paid in tiles."""
+        if self.device.type == "cuda":
+            import torch
+
+            predict = self.predictor(query_texts, batch)
+            with self._turn:
+                predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=self.device))
+
+    def codes(self, query_texts: Sequence[str], batch: int, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """The stored codes of host tiles, and the seconds the model ran on them.
+
+        rgb: B x 3 x T x T uint8 -> B x Q x T x T uint8. Seconds: GPU time between CUDA events on a GPU.
+        """
+        import torch
+
+        predict = self.predictor(query_texts, batch)
+        if self.device.type == "cuda":
+            return self._codes_cuda(predict, rgb)
+        with self.turn():
+            start = time.perf_counter()
+            codes = predict(torch.from_numpy(rgb).to(self.device)).numpy()
+            return codes, time.perf_counter() - start
+
+    def _codes_cuda(self, predict: BatchFn, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """:meth:`codes` on a GPU, with the copies to and from it outside the model's turn.
+
+        Tiles go up and codes come down on a side stream, through pinned memory, while another thread's batch
+        computes; the turn is held only to queue the model's work (one graph replay), never to wait for the GPU,
+        so the GPU goes from one batch to the next without a gap.
+        """
+        import torch
+
+        side = torch.cuda.Stream(self.device)
+        host_in = torch.from_numpy(rgb).pin_memory()
+        with torch.cuda.stream(side):
+            images = host_in.to(self.device, non_blocking=True)  # B x 3 x T x T uint8
+        began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with self.turn():
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(side)
+            images.record_stream(main)  # allocated on ``side``, read on ``main``
+            began.record(main)
+            codes = predict(images)  # B x Q x T x T uint8, on the GPU
+            ended.record(main)
+        side.wait_event(ended)
+        with torch.cuda.stream(side):
+            host_out = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+            host_out.copy_(codes, non_blocking=True)
+            codes.record_stream(side)  # allocated on ``main``, read on ``side``
+        side.synchronize()
+        return host_out.numpy(), began.elapsed_time(ended) / 1000
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The model's turn: one batch at a time (recorded as a 'model' event when a recorder is set)."""
+        with self._turn, self.timed("model", ""):
+            yield
+
+    @contextmanager
+    def timed(self, kind: str, key: str) -> Iterator[None]:
+        """Record the block as an event of ``kind`` when a recorder is set."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if _RECORDER is not None:
+                _RECORDER(kind, start, time.perf_counter(), key)
+
+    def close(self) -> None:
+        """Stop the finisher pool (the model goes with the object)."""
+        self.finisher.shutdown()
+
+
+def stored_codes(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities -> the mosaic's uint8 codes, computed on the model's device (a quarter of float32's bytes)."""
+    import torch
+
+    return quantise(probs).to(torch.uint8)
+
+
+_CURRENT: ResidentModel | None = None  # one model per process; replaced (not accumulated) on a new spec
+_LOAD = threading.Lock()  # tasks sharing a worker load the model once
+_RECORDER: Recorder | None = None  # a benchmark's timeline of this process's events
+
+
+def set_recorder(recorder: Recorder | None) -> None:
+    """Send this process's timed events (model turns, reads, tasks) to ``recorder`` (None: stop)."""
+    global _RECORDER
+    _RECORDER = recorder
+
+
+def resident_model(spec: ModelRef, *, finisher: FinisherKind | None = None) -> ResidentModel:
+    """This process's model for ``spec``, loaded on first use; ``finisher`` forces the pool kind of a new load."""
+    global _CURRENT
+    with _LOAD:
+        if _CURRENT is None or _CURRENT.spec != spec:
+            if _CURRENT is not None:  # let the old model and pool go before loading new ones
+                _CURRENT.close()
+                _CURRENT = None
+            _CURRENT = ResidentModel(spec, finisher=finisher)
+        return _CURRENT
+
+
+def release_resident() -> None:
+    """Drop this process's model and stop its pool (tests; a worker keeps its model for its lifetime)."""
+    global _CURRENT
+    with _LOAD:
+        if _CURRENT is not None:
+            _CURRENT.close()
+            _CURRENT = None
+
+

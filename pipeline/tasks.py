@@ -1,0 +1,148 @@
+"""Tile-batch inference, the body of one Dask task: read tiles -> model -> write cores -> polygonise.
+
+A task gets a :class:`BatchTask` (paths, ids and small specs, never weights or pixels) and returns a
+:class:`BatchResult` (polygons, numbers, and the failure that stopped it, if any). While the model runs on one
+batch, a thread reads the next; each predicted tile goes, as uint8 codes, to the process's finisher pool, which
+writes its Zarr chunk, polygonises it and marks it done.
+
+Each tile is finished by writing its Zarr chunk and then its polygon sidecar ``<tiles_dir>/<key>.parquet``; the
+sidecar's presence is the resume marker, so a tile interrupted between the two is simply redone. A window that
+cannot be read (a corrupt block) ends the task with a :class:`TileFailure` value, not an exception: the tiles
+before it stay finished, and the scene's fate (skipped or the run stopped) is the client's decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsrs.pipeline.finisher import IO_THREADS
+from rsrs.pipeline.geometry import PixelWindow
+from rsrs.pipeline.mosaic import mark_nodata, write_core
+from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
+from rsrs.pipeline.reading import TileReadError, read_tiles
+from rsrs.pipeline.resident import ModelRef, ResidentModel, resident_model
+from rsrs.pipeline.scenes import Scene
+from rsrs.pipeline.tiling import Tile
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One task: some tiles of one scene and where their outputs go (all paths absolute)."""
+
+    scene: Scene
+    tiles: tuple[Tile, ...]
+    query_texts: tuple[str, ...]
+    model: ModelRef
+    store: str
+    tiles_dir: str
+    threshold: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TileFailure:
+    """Why a task stopped: the scene window that could not be read and GDAL's message."""
+
+    window: PixelWindow
+    message: str
+
+    def __str__(self) -> str:
+        w = self.window
+        return f"rows {w.row_off}-{w.row_end}, cols {w.col_off}-{w.col_end}: {self.message}"
+
+
+@dataclass
+class BatchResult:
+    """What a task sends back: each finished tile's polygons (scene pixel frame), timings in seconds, the
+    device the model ran on, and the failure that stopped the task early, if any."""
+
+    scene_id: str
+    polygons: list[TilePolygons] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    read_s: float = 0.0
+    model_s: float = 0.0  # GPU time of the model's batches on a GPU, else the wall time it ran
+    write_s: float = 0.0
+    device: str = ""
+    failure: TileFailure | None = None
+
+
+def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
+    """Where a tile's polygon sidecar (its done-marker) lives."""
+    return Path(tiles_dir) / f"{tile.key}.parquet"
+
+
+def run_batch(task: BatchTask) -> BatchResult:
+    """Run the model over ``task.tiles`` in model batches of ``task.batch_size``, overlapping I/O with it."""
+    resident = resident_model(task.model)
+    with resident.timed("task", task.tiles[0].key if task.tiles else ""):
+        return _run_batch(resident, task)
+
+
+def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
+    result = BatchResult(scene_id=task.scene.id, device=str(resident.device))
+    groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
+    Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
+    finishing: list[Future[tuple[TilePolygons, float]]] = []
+    with ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io, ThreadPoolExecutor(1, "rsrs-read") as reader:
+        pending_read = reader.submit(_read_group, resident, io, task.scene, groups[0]) if groups else None
+        for g, group in enumerate(groups):
+            assert pending_read is not None
+            try:
+                (rgb, valid), read_s = pending_read.result()  # B x 3 x T x T uint8, B x T x T bool
+            except TileReadError as err:
+                result.failure = TileFailure(window=err.window, message=err.reason)
+                break
+            result.read_s += read_s
+            if g + 1 < len(groups):
+                pending_read = reader.submit(_read_group, resident, io, task.scene, groups[g + 1])
+            has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
+            codes = None
+            if has_data.any():
+                tiles = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
+                codes, model_s = resident.codes(task.query_texts, task.batch_size, tiles)  # B' x Q x T x T uint8
+                result.model_s += model_s
+            rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
+            for b, tile in enumerate(group):
+                inner = (slice(None), *tile.core_in_read.slices())
+                core = mark_nodata(codes[rows[b]][inner].copy(), valid[b][inner[1:]]) if has_data[b] else None
+                finishing.append(resident.finisher.submit(finish_tile, task, tile, core))
+    for done in finishing:
+        polygons, seconds = done.result()
+        result.polygons.append(polygons)
+        result.write_s += seconds
+    result.skipped = sum(t.skipped for t in result.polygons)
+    result.computed = len(result.polygons) - result.skipped
+    return result
+
+
+def _read_group(
+    resident: ResidentModel, io: ThreadPoolExecutor, scene: Scene, tiles: Sequence[Tile]
+) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """Read tiles' windows, runs of neighbours in parallel: (B x 3 x T x T uint8, B x T x T bool), seconds."""
+    start = time.perf_counter()
+    with resident.timed("read", tiles[0].key):
+        batch = read_tiles(scene, [t.read for t in tiles], map_fn=io.map)
+    return batch, time.perf_counter() - start
+
+
+def finish_tile(task: BatchTask, tile: Tile, codes: np.ndarray | None) -> tuple[TilePolygons, float]:
+    """Write a tile's core chunk, polygonise it and mark it done; codes: Q x h x w uint8 of the core, or None
+    for a tile without valid pixels (nothing written, only the marker). Returns its polygons and seconds taken.
+    """
+    start = time.perf_counter()
+    if codes is None:
+        polygons = TilePolygons.empty(tile.key, skipped=True)
+    else:
+        write_core(Path(task.store), task.scene.id, tile.core, codes)
+        polygons = polygonise_codes(
+            codes, key=tile.key, core=tile.core, scene_shape=task.scene.grid.shape, threshold=task.threshold
+        )
+    save_tile(polygons, tile_path(task.tiles_dir, tile))
+    return polygons, time.perf_counter() - start

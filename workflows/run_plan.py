@@ -1,0 +1,76 @@
+"""The plan of a run, made before any compute: one record per scene (the scene, its tile grid, the tiles still
+to compute, its report), and the tasks that compute them.
+
+Planning is pure: which tiles are already done is passed in (the resume markers the run folder holds), so a
+plan can be built and checked without touching the run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from rsrs.pipeline.resident import ModelRef
+from rsrs.pipeline.scenes import Scene
+from rsrs.pipeline.tasks import BatchTask
+from rsrs.pipeline.tiling import Tile, TileGrid, batched, plan_tiles
+from rsrs.workflows.job import Job
+from rsrs.workflows.run_report import SceneReport, SceneStatus
+
+#: Model batches per Dask task: enough for the reader/writer threads to overlap I/O with the model.
+BATCHES_PER_TASK = 4
+
+
+@dataclass
+class ScenePlan:
+    """One scene of a run: its tiles, those still to compute (grouped into tasks) and its report."""
+
+    scene: Scene
+    tiles: TileGrid
+    tasks: list[tuple[Tile, ...]]  # the tiles still to compute, a task's worth each
+    report: SceneReport
+
+    @property
+    def id(self) -> str:
+        """The scene id."""
+        return self.scene.id
+
+
+def plan_run(job: Job, scenes: Sequence[Scene], done: Callable[[str], set[str]]) -> list[ScenePlan]:
+    """Each scene's plan; ``done(scene_id)`` gives the keys of tiles an earlier run finished."""
+    per_task = job.tiling.batch_size * BATCHES_PER_TASK
+    plans = []
+    for scene in scenes:
+        tiles = plan_tiles(scene.grid, tile_size=job.tiling.tile_size, overlap=job.tiling.overlap)
+        finished = done(scene.id)
+        todo = [t for t in tiles if t.key not in finished]
+        report = SceneReport.planned(scene, tiles)
+        report.tiles_resumed = len(tiles) - len(todo)
+        report.status = SceneStatus.PENDING if todo else SceneStatus.DONE
+        plans.append(ScenePlan(scene=scene, tiles=tiles, tasks=batched(todo, per_task) if todo else [], report=report))
+    return plans
+
+
+def batch_tasks(
+    job: Job, plans: Sequence[ScenePlan], model: ModelRef, *, store: str, tiles_dir: Callable[[str], str]
+) -> Iterator[tuple[ScenePlan, BatchTask]]:
+    """The run's tasks in scene order, made lazily: a scene that has failed submits nothing more."""
+    texts = tuple(q.text for q in job.queries)
+    for plan in plans:
+        for tiles in plan.tasks:
+            if plan.report.status is SceneStatus.FAILED:
+                break
+            plan.report.started()
+            yield (
+                plan,
+                BatchTask(
+                    scene=plan.scene,
+                    tiles=tiles,
+                    query_texts=texts,
+                    model=model,
+                    store=store,
+                    tiles_dir=tiles_dir(plan.id),
+                    threshold=job.output.threshold,
+                    batch_size=job.tiling.batch_size,
+                ),
+            )
