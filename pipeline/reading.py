@@ -95,7 +95,7 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
             try:
                 data, ok = _read_bands(dataset, scene.grid, indexes, inner)  # (k, ih, iw) each
             except RasterioError as err:
-                raise TileReadError(scene, inner, _first_line(err)) from None
+                raise TileReadError(scene, inner, _gdal_reason(err)) from None
         for k, band in enumerate(indexes):
             for pos in by_band[band]:
                 values[pos], masks[pos] = data[k], ok[k]
@@ -107,8 +107,10 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
     return rgb, valid
 
 
-def _first_line(err: Exception) -> str:
-    """GDAL's own message, without rasterio's wrapping lines."""
+def _gdal_reason(err: BaseException) -> str:
+    """GDAL's own message: rasterio's read errors wrap it as their cause ("See previous exception")."""
+    while err.__cause__ is not None:
+        err = err.__cause__
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
 

@@ -74,7 +74,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    for handler in logging.root.handlers:  # libraries that set their loggers to INFO (Dask) stay quiet too
+        handler.setLevel(level)
     if not verbose:  # HTTP retries are not news: a request that finally fails becomes rsrs's own one-line error
         logging.getLogger("urllib3").setLevel(logging.ERROR)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -27,6 +29,10 @@ from rsrs.pipeline.resident import ModelRef, resident_model
 from rsrs.workflows.job import Compute
 
 log = logging.getLogger(__name__)
+
+#: Log level of the local cluster's own messages: its workers' shutdown chatter (after Ctrl-C, say) is not news;
+#: what matters reaches the user as rsrs's own one-line errors and run.json.
+QUIET = logging.ERROR
 
 #: The share of a worker's GPU one task asks for: two tasks per GPU keep it busy across task boundaries.
 GPU_PER_TASK = 0.5
@@ -59,11 +65,19 @@ def _local_cluster(compute: Compute) -> LocalCluster:
                 from dask_cuda import LocalCUDACluster
 
                 log.info("starting LocalCUDACluster with %d GPU workers", n_workers)
-                return LocalCUDACluster(n_workers=n_workers, threads_per_worker=threads, resources={"GPU": 1})
+                return LocalCUDACluster(
+                    n_workers=n_workers, threads_per_worker=threads, resources={"GPU": 1}, silence_logs=QUIET
+                )
             log.info("dask-cuda not installed: LocalCluster of %d GPU workers, pinned by worker name", n_workers)
-            return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, resources={"GPU": 1})
+            return LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=True,
+                resources={"GPU": 1},
+                silence_logs=QUIET,
+            )
     log.info("starting LocalCluster with %d CPU workers", compute.n_workers)
-    return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True)
+    return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True, silence_logs=QUIET)
 
 
 @contextmanager
@@ -81,8 +95,29 @@ def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[C
         with client:
             yield client
         return
-    with _local_cluster(compute) as cluster, Client(cluster) as client:
-        yield client
+    with _ctrl_c_for_the_client_only():
+        cluster = _local_cluster(compute)
+    with cluster, Client(cluster) as client:
+        try:
+            yield client
+        except KeyboardInterrupt:  # stopping busy workers is expected now: no warnings about it
+            logging.getLogger("distributed").setLevel(QUIET)
+            raise
+
+
+@contextmanager
+def _ctrl_c_for_the_client_only() -> Iterator[None]:
+    """Start local worker processes with Ctrl-C (SIGINT) ignored: a terminal sends it to the whole process group,
+    and each worker would print its own KeyboardInterrupt traceback. The client alone stops the run and shuts the
+    cluster down (Python keeps a signal ignored at start-up ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def uses_gpus(client: Client) -> bool:
