@@ -205,5 +205,3 @@ def release_resident() -> None:
         if _CURRENT is not None:
             _CURRENT.close()
             _CURRENT = None
-
-

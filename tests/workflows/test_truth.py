@@ -63,7 +63,9 @@ def queries(path_a: Path, path_b: Path) -> list:
 def test_score_truths_gives_the_hand_counted_iou_across_chunks_with_nan_as_background(tmp_path):
     probs, path_a, path_b = hand_made(tmp_path)
     store = tmp_path / "masks.zarr"
-    create_mosaic(store, "s", GRID, query_ids=["a", "b"], query_texts=["a", "b"], chunk_size=4, fingerprint="x", source="s")
+    create_mosaic(
+        store, "s", GRID, query_ids=["a", "b"], query_texts=["a", "b"], chunk_size=4, fingerprint="x", source="s"
+    )
     valid = ~np.isnan(probs[0])
     for r in (0, 4):
         for c in (0, 4):
