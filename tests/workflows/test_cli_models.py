@@ -2,6 +2,8 @@ import json
 
 from click.testing import CliRunner
 
+from rsrs.model.config import list_models, presets_dir
+from rsrs.workflows.catalog import measure_preset, measured_table
 from rsrs.workflows.cli import cli
 
 
@@ -19,7 +21,23 @@ def test_models_json_is_machine_readable():
     result = CliRunner().invoke(cli, ["models", "--json"])
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["rsrefseg-l"]["total_params"] == 1_191_550_098
-    assert rows["tiny"]["sam_input"] == 256
+    assert rows["tiny"]["mask_input"] == 256
+
+
+def test_the_demo_is_described_as_trained_with_its_shipped_file_size():
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    demo = {row["name"]: row for row in json.loads(result.output)}["demo"]
+    size_mb = (presets_dir() / "demo.safetensors").stat().st_size / 1e6
+    assert demo["checkpoint_mb"] == round(size_mb, 1) and 10 < size_mb < 20
+    assert demo["weights"].startswith("trained by rsrs") and "random" not in demo["weights"]
+
+
+def test_the_shipped_size_table_equals_a_measurement_on_the_meta_device():
+    """`rsrs models` reads configs/models/presets.json; refresh it with `python -m rsrs.workflows.catalog`."""
+    table = measured_table()
+    assert set(table) == set(list_models())
+    for name in list_models():
+        assert table[name] == measure_preset(name), name
 
 
 def test_every_command_has_help():
