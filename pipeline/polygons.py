@@ -10,6 +10,7 @@ area-weighted means.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio import features
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from rsrs.core.files import atomic_path
@@ -91,8 +93,10 @@ def polygonise_codes(
         labels, n = ndimage.label(mask)  # H x W int32: 4-connected regions 1..n
         if n == 0:
             continue
-        shapes = features.shapes(labels, mask=mask, connectivity=4, transform=to_scene_px)
-        geoms, ids = zip(*((_polygon(g), int(v)) for g, v in shapes), strict=True)
+        with warnings.catch_warnings():  # the first core's translation is the identity: no georeferencing is meant
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            shapes = features.shapes(labels, mask=mask, connectivity=4, transform=to_scene_px)
+            geoms, ids = zip(*((_polygon(g), int(v)) for g, v in shapes), strict=True)
         prob_sum = np.bincount(labels.ravel(), weights=weights[codes[q]].ravel(), minlength=n + 1)
         n_pixels = np.bincount(labels.ravel(), minlength=n + 1)
         order = np.asarray(ids)

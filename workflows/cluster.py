@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -95,7 +96,9 @@ def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[C
         with client:
             yield client
         return
-    with _ctrl_c_for_the_client_only():
+    with _ctrl_c_for_the_client_only(), warnings.catch_warnings():
+        # another cluster holds Dask's default dashboard port: this one takes a free port, printed with the run
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         cluster = _local_cluster(compute)
     with cluster, Client(cluster) as client:
         try:
