@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from affine import Affine
-from pyproj import CRS
 from rasterio import features
 from scipy import ndimage
 
+from rsrs.pipeline.area import area_m2
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import decode_probability
 
@@ -198,7 +198,7 @@ def polygon_frame(
     min_area_m2: float,
     vector_crs: str,
 ) -> gpd.GeoDataFrame:
-    """The output rows of one scene: geometry in ``vector_crs``, ``area_m2`` measured in the scene CRS."""
+    """The output rows of one scene: geometry in ``vector_crs``, ``area_m2`` the area on the ground (see ``area``)."""
     t = grid.transform
     scene_geoms = shapely.transform(
         merged.geometry, lambda xy: np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c,
@@ -218,22 +218,6 @@ def polygon_frame(
         geometry=gpd.GeoSeries(scene_geoms[keep], crs=grid.crs),
     )
     return frame.to_crs(vector_crs)
-
-
-def area_m2(geoms: np.ndarray, crs: str | None) -> np.ndarray:
-    """Areas in square metres: planar in a projected CRS (scaled by its unit), geodesic in a geographic one.
-
-    Without a CRS the pixel-space area is meaningless as m², so it is NaN.
-    """
-    if crs is None:
-        return np.full(len(geoms), np.nan)
-    crs_obj = CRS.from_user_input(crs)
-    if crs_obj.is_geographic:
-        geod = crs_obj.get_geod()
-        assert geod is not None
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    metres = crs_obj.axis_info[0].unit_conversion_factor
-    return shapely.area(geoms) * metres**2
 
 
 def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:

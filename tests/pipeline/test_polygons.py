@@ -104,7 +104,7 @@ def test_frame_columns_area_filter_and_output_crs():
     assert len(frame) == 1 and frame.crs == "EPSG:4326"
     row = frame.iloc[0]
     assert (row.scene_id, row.query_id, row.query) == ("s1", "disc", "the disc")
-    assert row.area_m2 == pytest.approx(inside.sum() * 4.0)
+    assert row.area_m2 == pytest.approx(inside.sum() * 4.0 / 0.9996**2)  # on the ground: UTM's scale is 0.9996 here
     assert row.score == pytest.approx(probs[0][inside].mean())
     assert frame.to_crs(GRID.crs).geometry.iloc[0].area == pytest.approx(inside.sum() * 4.0, rel=1e-6)
 
