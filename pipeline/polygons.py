@@ -18,6 +18,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
@@ -30,6 +31,10 @@ from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
+# The columns' types in every file, whatever pandas holds (object or str, rows or none): an empty run's file
+# then reads together with any other (pyarrow.dataset, DuckDB), where Arrow's null type would not.
+_STRING = pd.ArrowDtype(pa.string())
+_DTYPES = {"scene_id": _STRING, "query_id": _STRING, "query": _STRING, "score": np.float64, "area_m2": np.float64}
 
 
 @dataclass(frozen=True)
@@ -222,11 +227,8 @@ def polygon_frame(
 
 def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
     """A frame with the output columns and no rows (so an empty run still writes a valid file)."""
-    return gpd.GeoDataFrame(
-        {c: np.zeros(0, dtype=object if c in ("scene_id", "query_id", "query") else np.float64)
-         for c in COLUMNS[:-1]},
-        geometry=gpd.GeoSeries([], crs=vector_crs),
-    )  # fmt: skip
+    columns = {c: pd.Series([], dtype=dtype) for c, dtype in _DTYPES.items()}
+    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=vector_crs))
 
 
 @contextmanager
@@ -245,9 +247,9 @@ def atomic_target(path: Path) -> Iterator[Path]:
 
 
 def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically."""
+    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically, with the columns' fixed types."""
     with atomic_target(path) as tmp:
-        frame.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+        frame.astype(_DTYPES).to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
 
 
 def save_tile(tile: TilePolygons, path: Path) -> None:
