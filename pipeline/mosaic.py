@@ -7,11 +7,12 @@ locks, no seams, and rewriting a chunk is harmless.
 
 Storage: uint8 with ``scale_factor = 1/254`` and fill value 255, so readers decode float probabilities in
 [0, 1] and NaN where the input had no valid pixels (unwritten chunks, e.g. all-nodata tiles, read as NaN).
+Zarr format 2 with fixed-width text coordinates, so GDAL opens the array too (``ZARR:"masks.zarr":/<scene_id>/
+probability``: a band per query, whose metadata ``DIM_query_VALUE`` is the query's id), besides xarray.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +29,9 @@ FILL = 255
 SCALE = 1 / 254
 _FINGERPRINT_ATTR = "rsrs_fingerprint"
 _SOURCE_ATTR = "rsrs_source"
+# Zarr v2: GDAL 3.10 (rasterio's wheels) reads no Zarr v3 array (it lacks the "bytes" codec), and GDAL 3.12
+# reads no v3 string array, so a v3 mosaic showed GDAL no query ids, or nothing at all.
+_ZARR_FORMAT = 2
 ArrayLike = TypeVar("ArrayLike")  # a numpy array or a torch tensor
 
 
@@ -78,8 +82,9 @@ def mosaic_template(
         data,
         dims=("query", "y", "x"),
         coords={
-            "query": np.array(list(query_ids), dtype=object),
-            "query_text": ("query", np.array(list(query_texts), dtype=object)),
+            # fixed-width text, which GDAL reads (not variable-length): its bands then carry DIM_query_VALUE=<id>
+            "query": np.array(list(query_ids), dtype=str),
+            "query_text": ("query", np.array(list(query_texts), dtype=str)),
             "y": y,
             "x": x,
         },
@@ -87,7 +92,8 @@ def mosaic_template(
         attrs={"long_name": "probability that the pixel shows what the query describes", "units": "1"},
     )
     if grid.crs is not None:
-        prob = prob.rio.write_crs(grid.crs)
+        # CF attributes of x and y from the CRS: standard_name projection_x_coordinate or longitude, units, axis
+        prob = prob.rio.write_crs(grid.crs).rio.write_coordinate_system()
     prob = prob.rio.write_transform(t)  # sets encoding["grid_mapping"] = "spatial_ref"
     prob.encoding.update(
         {"dtype": "uint8", "scale_factor": SCALE, "_FillValue": FILL, "fill_value": FILL}
@@ -129,12 +135,21 @@ def create_mosaic(
     ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
     ds.attrs[_FINGERPRINT_ATTR] = fingerprint
     ds.attrs[_SOURCE_ATTR] = source
-    with warnings.catch_warnings():
-        # zarr-python warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        warnings.filterwarnings("ignore", message="The data type", category=UserWarning)
-        ds.to_zarr(store, group=scene_id, mode="w", compute=False)
+    ds.to_zarr(store, group=scene_id, mode="w", compute=False, zarr_format=_ZARR_FORMAT)
     return True
+
+
+def store_attrs(store: Path) -> dict:
+    """The attributes of the mosaic store's root group (empty when there is no store)."""
+    try:
+        return dict(zarr.open_group(store, mode="r").attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError):
+        return {}
+
+
+def set_store_attrs(store: Path, **attrs: object) -> None:
+    """Create the mosaic store if needed (in the mosaic's Zarr format) and set attributes of its root group."""
+    zarr.open_group(store, mode="a", zarr_format=_ZARR_FORMAT).attrs.update(attrs)
 
 
 def _stored(store: Path, scene_id: str) -> dict | None:

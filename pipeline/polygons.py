@@ -17,20 +17,25 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from affine import Affine
-from pyproj import CRS
 from rasterio import features
 from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from rsrs.core.files import atomic_path
+from rsrs.pipeline.area import area_m2
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
+# The columns' types in every file, whatever pandas holds (object or str, rows or none): an empty run's file
+# then reads together with any other (pyarrow.dataset, DuckDB), where Arrow's null type would not.
+_STRING = pd.ArrowDtype(pa.string())
+_DTYPES = {"scene_id": _STRING, "query_id": _STRING, "query": _STRING, "score": np.float64, "area_m2": np.float64}
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ def polygon_frame(
     min_area_m2: float,
     vector_crs: str,
 ) -> gpd.GeoDataFrame:
-    """The output rows of one scene: geometry in ``vector_crs``, ``area_m2`` measured in the scene CRS."""
+    """The output rows of one scene: geometry in ``vector_crs``, ``area_m2`` the area on the ground (see ``area``)."""
     t = grid.transform
     scene_geoms = shapely.transform(
         merged.geometry, lambda xy: np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c,
@@ -223,35 +228,16 @@ def polygon_frame(
     return frame.to_crs(vector_crs)
 
 
-def area_m2(geoms: np.ndarray, crs: str | None) -> np.ndarray:
-    """Areas in square metres: planar in a projected CRS (scaled by its unit), geodesic in a geographic one.
-
-    Without a CRS the pixel-space area is meaningless as m², so it is NaN.
-    """
-    if crs is None:
-        return np.full(len(geoms), np.nan)
-    crs_obj = CRS.from_user_input(crs)
-    if crs_obj.is_geographic:
-        geod = crs_obj.get_geod()
-        assert geod is not None
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    metres = crs_obj.axis_info[0].unit_conversion_factor
-    return shapely.area(geoms) * metres**2
-
-
 def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
     """A frame with the output columns and no rows (so an empty run still writes a valid file)."""
-    return gpd.GeoDataFrame(
-        {c: np.zeros(0, dtype=object if c in ("scene_id", "query_id", "query") else np.float64)
-         for c in COLUMNS[:-1]},
-        geometry=gpd.GeoSeries([], crs=vector_crs),
-    )  # fmt: skip
+    columns = {c: pd.Series([], dtype=dtype) for c, dtype in _DTYPES.items()}
+    return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=vector_crs))
 
 
 def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically."""
+    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically, with the columns' fixed types."""
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+        frame.astype(_DTYPES).to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
 
 
 def save_tile(tile: TilePolygons, path: Path) -> None:

@@ -59,11 +59,11 @@ def _read_only(path: Path) -> bool:
 
 def previous_identity(out: Path) -> dict | None:
     """The identity of the job whose outputs ``out`` holds (from the mosaic store, else run.json), or None."""
-    attrs = out / MASKS / "zarr.json"
-    if attrs.is_file():
-        stored = json.loads(attrs.read_text()).get("attributes", {}).get(_IDENTITY_ATTR)
-        if stored is not None:
-            return stored
+    from rsrs.pipeline.mosaic import store_attrs
+
+    stored = store_attrs(out / MASKS).get(_IDENTITY_ATTR)
+    if stored is not None:
+        return stored
     report = out / REPORT
     if report.is_file():
         try:
@@ -87,13 +87,13 @@ def refuse_other_job(out: Path, identity: dict) -> None:
 
 def claim_output_dir(out: Path, identity: dict, *, overwrite: bool) -> None:
     """Make ``out`` this job's run folder: clear a previous run's outputs (``overwrite``), record the identity."""
-    import zarr
+    from rsrs.pipeline.mosaic import set_store_attrs
 
     if overwrite:
         clear_outputs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        zarr.open_group(out / MASKS, mode="a").attrs[_IDENTITY_ATTR] = identity
+        set_store_attrs(out / MASKS, **{_IDENTITY_ATTR: identity})
     except OSError as err:
         raise OutputError(f"cannot write into {out}: {err.strerror or err}; set output.dir elsewhere") from None
 

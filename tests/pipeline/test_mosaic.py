@@ -1,11 +1,22 @@
 import numpy as np
 import pytest
+import rasterio
+import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
 from rsrs.core.errors import ConfigError
 from rsrs.pipeline.geometry import RasterGrid
-from rsrs.pipeline.mosaic import create_mosaic, decode_probability, encode_probability, open_mosaic, write_core
+from rsrs.pipeline.mosaic import (
+    FILL,
+    SCALE,
+    VARIABLE,
+    create_mosaic,
+    decode_probability,
+    encode_probability,
+    open_mosaic,
+    write_core,
+)
 from rsrs.pipeline.tiling import plan_tiles
 
 GRID = RasterGrid(shape=(150, 110), transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4100000.0), crs="EPSG:32614")
@@ -89,3 +100,42 @@ def test_a_scene_id_now_naming_another_file_says_which_files(tmp_path):
     assert _create(store)
     with pytest.raises(ConfigError, match=r"holds scene 's1' of a/s1.tif, but this job's scene 's1' is b/s1.tif"):
         _create(store, fingerprint="other", source="b/s1.tif")
+
+
+@pytest.mark.parametrize(
+    ("crs", "x_attrs", "y_attrs"),
+    [
+        ("EPSG:32614", ("projection_x_coordinate", "metre", "X"), ("projection_y_coordinate", "metre", "Y")),
+        ("EPSG:3857", ("projection_x_coordinate", "metre", "X"), ("projection_y_coordinate", "metre", "Y")),
+        ("EPSG:4326", ("longitude", "degrees_east", "X"), ("latitude", "degrees_north", "Y")),
+    ],
+)
+def test_x_and_y_carry_cf_coordinate_attributes(tmp_path, crs, x_attrs, y_attrs):
+    grid = RasterGrid(shape=GRID.shape, transform=Affine(0.25, 0, 12.5, 0, -0.125, 48.0), crs=crs)
+    store = tmp_path / "masks.zarr"
+    _create(store, grid)
+    ds = open_mosaic(store, "s1")
+    group = zarr.open_group(store, path="s1", mode="r")
+    for name, (standard_name, units, axis) in {"x": x_attrs, "y": y_attrs}.items():
+        for attrs in (ds[name].attrs, group[name].attrs):
+            assert (attrs["standard_name"], attrs["units"], attrs["axis"]) == (standard_name, units, axis)
+            assert attrs["long_name"]
+
+
+def test_gdal_shows_the_query_ids_of_each_band(tmp_path):
+    """GDAL's classic view of the array has a band per query, labelled by the query's id in its metadata."""
+    with rasterio.Env() as env:
+        if "Zarr" not in env.drivers():
+            pytest.skip(f"GDAL {rasterio.__gdal_version__} has no Zarr driver")
+    store = tmp_path / "masks.zarr"
+    _create(store)
+    core = plan_tiles(GRID, tile_size=32, overlap=0).tile(0, 0).core
+    codes = np.stack([np.full((32, 32), 7, np.uint8), np.full((32, 32), 9, np.uint8)])
+    write_core(store, "s1", core, codes)
+    with rasterio.open(f'ZARR:"{store}":/s1/{VARIABLE}') as src:
+        assert [src.tags(band)["DIM_query_VALUE"] for band in src.indexes] == ["a", "b"]
+        assert src.crs == CRS.from_user_input(GRID.crs) and src.transform.almost_equals(GRID.transform)
+        assert src.nodata == FILL and src.scales == (SCALE, SCALE)
+        np.testing.assert_array_equal(src.read(window=((0, 32), (0, 32))), codes)
+    ds = open_mosaic(store, "s1")  # and xarray still reads the ids as text
+    assert list(ds["query"].values) == ["a", "b"] and list(ds["query_text"].values) == ["an a", "a b"]

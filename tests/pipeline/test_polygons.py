@@ -1,7 +1,10 @@
 import json
 
+import duckdb
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import shapely
@@ -104,7 +107,7 @@ def test_frame_columns_area_filter_and_output_crs():
     assert len(frame) == 1 and frame.crs == "EPSG:4326"
     row = frame.iloc[0]
     assert (row.scene_id, row.query_id, row.query) == ("s1", "disc", "the disc")
-    assert row.area_m2 == pytest.approx(inside.sum() * 4.0)
+    assert row.area_m2 == pytest.approx(inside.sum() * 4.0 / 0.9996**2)  # on the ground: UTM's scale is 0.9996 here
     assert row.score == pytest.approx(probs[0][inside].mean())
     assert frame.to_crs(GRID.crs).geometry.iloc[0].area == pytest.approx(inside.sum() * 4.0, rel=1e-6)
 
@@ -135,6 +138,29 @@ def test_empty_frame_writes_a_valid_file(tmp_path):
     write_geoparquet(empty_frame("EPSG:4326"), tmp_path / "p.parquet")
     back = gpd.read_parquet(tmp_path / "p.parquet")
     assert len(back) == 0 and back.crs == "EPSG:4326" and "score" in back
+
+
+def test_an_empty_and_a_full_file_read_as_one_dataset(tmp_path):
+    """A run without polygons writes string columns as strings (not Arrow null), so readers can union its file."""
+    probs, _ = _disc_field(GRID.shape, centre=(20, 20), radius=8)
+    merged = merge_tiles(_tile_polygons(probs, np.ones(GRID.shape, bool), plan_tiles(GRID, tile_size=64, overlap=0)))
+    full = polygon_frame(merged, scene_id="s1", grid=GRID, query_ids=["d"], query_texts=["the disc"], min_area_m2=0,
+                         vector_crs="EPSG:4326")  # fmt: skip
+    paths = [tmp_path / "a-empty.parquet", tmp_path / "b-full.parquet"]  # the empty one first: its schema leads
+    write_geoparquet(empty_frame("EPSG:4326"), paths[0])
+    write_geoparquet(full, paths[1])
+    schemas = [pq.read_schema(path) for path in paths]
+    assert [(f.name, f.type) for f in schemas[0]] == [(f.name, f.type) for f in schemas[1]]
+    expected = {"scene_id": pa.string(), "query_id": pa.string(), "query": pa.string(), "score": pa.float64(),
+                "area_m2": pa.float64(), "geometry": pa.binary()}  # fmt: skip
+    assert {name: schemas[0].field(name).type for name in expected} == expected
+    table = ds.dataset([str(path) for path in paths], format="parquet").to_table()
+    assert table.column("query").to_pylist() == ["the disc"]
+    rows = duckdb.sql(f"SELECT scene_id, query_id, query, score FROM read_parquet({[str(p) for p in paths]})")
+    assert rows.fetchall() == [("s1", "d", "the disc", pytest.approx(full.score.iloc[0]))]
+    for path, frame in zip(paths, [empty_frame("EPSG:4326"), full], strict=True):
+        back = gpd.read_parquet(path)
+        assert list(back.columns) == list(frame.columns) and len(back) == len(frame) and back.crs == "EPSG:4326"
 
 
 def test_tile_sidecar_round_trips_exactly(tmp_path):

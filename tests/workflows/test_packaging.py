@@ -43,10 +43,27 @@ def test_wheel_holds_the_three_layers_and_the_presets(wheel):
     assert "rsrs = rsrs.workflows.cli:main" in entry_points
 
 
+def _venv_seeing_our_packages(env_dir: Path) -> Path:
+    """A fresh venv that imports what this interpreter imports (torch, ...) but not this checkout; its python.
+
+    ``system_site_packages=True`` would show the *base* interpreter's packages, not those of the venv pytest may
+    run in. So a .pth file lists every folder on our ``sys.path`` instead: plain lines do not run the .pth files
+    inside those folders, so this checkout's editable install (a .pth import hook) stays out.
+    """
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site_packages = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    ours = [p for p in sys.path if p and Path(p).is_dir() and Path(p).resolve() != ROOT]
+    (Path(site_packages) / "outer.pth").write_text("\n".join(ours) + "\n")
+    return python
+
+
 def test_non_editable_install_in_a_fresh_venv_gives_a_working_rsrs(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
+    python = _venv_seeing_our_packages(env_dir)
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
     # Run from an empty folder so nothing resolves to the source tree.
     where = subprocess.run(

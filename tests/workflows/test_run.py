@@ -124,7 +124,7 @@ def test_polygons_are_merged_across_tiles_and_written_as_geoparquet(finished):
     ]  # fmt: skip
     a = frame[frame.scene_id == "a"]
     valid_px = (~invalid_region((96, 200))).sum()
-    assert a.area_m2.tolist() == pytest.approx([valid_px * 0.25] * 2)
+    assert a.area_m2.tolist() == pytest.approx([valid_px * 0.25 / 0.9996**2] * 2)  # on the ground (UTM scale 0.9996)
     assert a.to_crs("EPSG:32614").area.tolist() == pytest.approx([valid_px * 0.25] * 2, rel=1e-6)
     assert ((frame.score > 0.49) & (frame.score <= 1)).all()
 
