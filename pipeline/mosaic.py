@@ -26,7 +26,8 @@ from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 VARIABLE = "probability"
 FILL = 255
 SCALE = 1 / 254
-_FINGERPRINT_ATTR = "rsrs_fingerprint"
+#: Group attribute naming everything that decided the chunk contents (see :func:`create_mosaic`).
+FINGERPRINT_ATTR = "rsrs_fingerprint"
 ArrayLike = TypeVar("ArrayLike")  # a numpy array or a torch tensor
 
 
@@ -120,7 +121,7 @@ def create_mosaic(
             "changed); rerun with --overwrite or choose another output.dir"
         )
     ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
-    ds.attrs[_FINGERPRINT_ATTR] = fingerprint
+    ds.attrs[FINGERPRINT_ATTR] = fingerprint
     with warnings.catch_warnings():
         # zarr-python warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -137,7 +138,7 @@ def _fingerprint(store: Path, scene_id: str) -> str | None:
         return None
     if VARIABLE not in group:
         return None
-    return group.attrs.get(_FINGERPRINT_ATTR)
+    return group.attrs.get(FINGERPRINT_ATTR)
 
 
 def write_core(store: Path, scene_id: str, core: PixelWindow, codes: np.ndarray) -> None:
