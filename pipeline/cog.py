@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -32,6 +33,9 @@ from rsrs.pipeline.geometry import PixelWindow
 from rsrs.pipeline.mosaic import FINGERPRINT_ATTR, VARIABLE, open_mosaic
 from rsrs.pipeline.polygons import atomic_target
 from rsrs.pipeline.scenes import safe_id
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Creation options of GDAL's COG driver: DEFLATE (readable by every GIS, unlike ZSTD or LERC) with the
 #: horizontal predictor (smooth probabilities compress well), 512 px blocks, overviews averaged over valid
@@ -110,7 +114,7 @@ def cog_sources(store: Path, scene_id: str) -> list[CogSource]:
     ]
 
 
-def _open(store: Path, scene_id: str):
+def _open(store: Path, scene_id: str) -> xr.Dataset:
     try:
         return open_mosaic(store, scene_id)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:

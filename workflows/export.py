@@ -108,7 +108,8 @@ def export_command(run_dir: Path, cog: bool) -> None:
     RUN_DIR is the output.dir of a finished `rsrs run` (the folder with run.json).
 
     \b
-    --cog writes RUN_DIR/cogs/<scene_id>/<query_id>.tif, one per finished scene and query:
+    --cog writes RUN_DIR/cogs/<scene_id>/<query_id>.tif (ids made file-safe),
+    one per finished scene and query:
       uint8 codes, probability = code x scale (1/254), nodata 255 (no input data);
       band description = query id, metadata tags query_id and query (the sentence);
       the CRS and transform of the Zarr mosaic, internal overviews, DEFLATE.
