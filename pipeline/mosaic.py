@@ -27,7 +27,8 @@ from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 VARIABLE = "probability"
 FILL = 255
 SCALE = 1 / 254
-_FINGERPRINT_ATTR = "rsrs_fingerprint"
+#: Group attribute naming everything that decided the chunk contents (see :func:`create_mosaic`).
+FINGERPRINT_ATTR = "rsrs_fingerprint"
 _SOURCE_ATTR = "rsrs_source"
 # Zarr v2: GDAL 3.10 (rasterio's wheels) reads no Zarr v3 array (it lacks the "bytes" codec), and GDAL 3.12
 # reads no v3 string array, so a v3 mosaic showed GDAL no query ids, or nothing at all.
@@ -121,7 +122,7 @@ def create_mosaic(
     different job or scene: raise (saying which) rather than mix the two.
     """
     existing = _stored(store, scene_id)
-    if existing is not None and existing.get(_FINGERPRINT_ATTR) == fingerprint:
+    if existing is not None and existing.get(FINGERPRINT_ATTR) == fingerprint:
         return False
     if existing is not None:
         before = existing.get(_SOURCE_ATTR)
@@ -133,7 +134,7 @@ def create_mosaic(
         )
         raise ConfigError(f"{store}/{scene_id} {what}; rerun with --overwrite or choose another output.dir")
     ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
-    ds.attrs[_FINGERPRINT_ATTR] = fingerprint
+    ds.attrs[FINGERPRINT_ATTR] = fingerprint
     ds.attrs[_SOURCE_ATTR] = source
     ds.to_zarr(store, group=scene_id, mode="w", compute=False, zarr_format=_ZARR_FORMAT)
     return True

@@ -62,7 +62,9 @@ class Scene:
     ``grid`` is the pixel grid outputs are written on (the finest of the sources); ``bands`` the R, G, B
     sources (a single-band image repeats its band); ``scaling`` one ``(lo, hi)`` per band mapping raw
     values to 0..255; ``nodata`` says how invalid pixels are marked (for reports); ``source`` is where the
-    scene came from (a path, URL or STAC item), for messages.
+    scene came from (a path, URL or STAC item), for messages. A scene from a STAC item also keeps the item's
+    ``datetime`` (an ISO 8601 instant, or ``start/end`` for an item with only a range) and ``item_href`` (its
+    self href), so the run's own catalog can date its outputs and link back to it.
     """
 
     id: str
@@ -72,6 +74,8 @@ class Scene:
     scaling: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
     nodata: str
     source: str
+    datetime: str | None = None
+    item_href: str | None = None
 
 
 def gdal_path(href: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
@@ -251,4 +252,15 @@ def scene_from_item(
             with open_raster(href) as dataset:
                 bands = default_bands(dataset)
         sources = [BandSource(href, int(b)) for b in bands]
-    return scene_from_sources(item.id, sources, scaling=scaling, source=source)
+    scene = scene_from_sources(item.id, sources, scaling=scaling, source=source)
+    return replace(scene, datetime=_item_datetime(item), item_href=item.get_self_href())
+
+
+def _item_datetime(item: pystac.Item) -> str | None:
+    """The item's datetime as ISO 8601, or ``start/end`` when it has only a range (``..`` for an open end)."""
+    if item.datetime is not None:
+        return item.datetime.isoformat()
+    start, end = item.common_metadata.start_datetime, item.common_metadata.end_datetime
+    if start is None and end is None:
+        return None
+    return "/".join(t.isoformat() if t is not None else ".." for t in (start, end))

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Fine-tune a model on a referring dataset (LoRA; data-parallel under torchrun).",
     ),
     "evaluate": ("rsrs.workflows.evaluate:evaluate_command", "Score a model on a dataset split: gIoU, cIoU, Pr@X."),
+    "export": ("rsrs.workflows.export:export_command", "Export a run's probabilities as Cloud-Optimized GeoTIFFs."),
 }
 
 

@@ -64,6 +64,18 @@ def test_static_catalog_filters_by_bbox_datetime_collection_and_max_items(tmp_pa
         load_items(catalog=catalog, collections=["other"])
 
 
+def test_scenes_keep_their_items_datetime_and_location(tmp_path):
+    catalog = write_static_catalog(tmp_path)
+    item = load_items(catalog=catalog)[1]
+    scene = scene_from_item(item)
+    assert scene.datetime == "2020-01-02T00:00:00+00:00"
+    assert scene.item_href == str(tmp_path / "stac" / "synth" / "scene-1" / "scene-1.json")
+    item.datetime = None
+    item.common_metadata.start_datetime = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    item.common_metadata.end_datetime = dt.datetime(2020, 1, 31, tzinfo=dt.UTC)
+    assert scene_from_item(item).datetime == "2020-01-01T00:00:00+00:00/2020-01-31T00:00:00+00:00"
+
+
 def test_item_collection_file_resolves_relative_hrefs_against_itself(tmp_path):
     write_geotiff(tmp_path / "a.tif", shape=(32, 32))
     features = {"type": "FeatureCollection", "features": [_item("a", {"image": "a.tif"}).to_dict()]}
