@@ -1,7 +1,7 @@
 """Eager against fused and compiled image encoders (``rsrs.model.accelerate``), measured in one run.
 
 For each variant of the same random-init model: ``encode_images`` tiles/s; the workers' model function
-(``predict`` over a batch, replayed from CUDA graphs on a GPU, as ``codes_predictor`` runs it) tiles/s; the max
+(``predict`` over a batch, replayed from CUDA graphs on a GPU, as ``batch_predictor`` runs it) tiles/s; the max
 abs logit difference and the share of mask pixels equal to eager's; the first call's seconds (compilation, or
 loading from the compile cache: run twice to see both); and the kernel each attention layer runs. ``--trace``
 writes a chrome trace of one un-graphed ``predict`` batch per variant (``trace.json`` -> ``trace.eager.json``, ...;
@@ -27,9 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks._common import device_info, timed, write_result
-from rsrs.model import load_model
+from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
-from rsrs.model.graphs import GraphedBatches
 
 QUERY = "the red-roofed buildings"
 
@@ -120,17 +119,13 @@ def _speeds(model, tiles: torch.Tensor, text, *, batch: int, iters: int) -> dict
     """Tiles/s of encode_images and of the workers' batch function (graph replay on a GPU)."""
     with torch.inference_mode():
         encode = batch / timed(lambda: model.encode_images(tiles), iters=iters)
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return model.predict(x, text)
-
-    fn = GraphedBatches(predict, batch=batch) if tiles.is_cuda else predict
+    fn = batch_predictor(model, text, batch=batch)  # CUDA graphs on a GPU
     warnings = _Warnings()
-    logging.getLogger("rsrs.model.graphs").addHandler(warnings)
+    logging.getLogger("rsrs.model.predictor").addHandler(warnings)
     try:
         rate = batch / timed(lambda: fn(tiles), iters=iters)
     finally:
-        logging.getLogger("rsrs.model.graphs").removeHandler(warnings)
+        logging.getLogger("rsrs.model.predictor").removeHandler(warnings)
     speeds = {"encode_images_tiles_per_s": round(encode, 2), "worker_predict_tiles_per_s": round(rate, 2)}
     if tiles.is_cuda:
         speeds["cuda_graph"] = "eager fallback: " + warnings.messages[0] if warnings.messages else "captured"

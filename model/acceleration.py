@@ -6,7 +6,7 @@ after construction (STYLE rule 4): no transformers module code is copied. The GP
 :func:`accelerate` once after loading; the first batch at the job's shape then compiles (or loads from the
 compile cache) and, in the worker, is captured with the rest of the batch function in its CUDA graphs.
 
-Why compile without CUDA graphs: ``rsrs.model.graphs.GraphedBatches`` already captures the whole batch function
+Why compile without CUDA graphs: ``rsrs.model.predictor.GraphedBatches`` already captures the whole batch function
 (both encoders, prompter, mask decoder, quantisation) as one graph. Inductor's kernels are ordinary launches and
 are captured into it; compile's own graphs ('reduce-overhead', 'max-autotune') would cover only the compiled
 encoders and cannot be captured inside ours, so those modes are refused.

@@ -15,8 +15,8 @@ from importlib.util import find_spec
 import torch
 from torch import nn
 
+from rsrs.core.errors import ConfigError
 from rsrs.model.acceleration import image_encoders
-from rsrs.model.errors import ConfigError
 
 MIN_CAPABILITY = (9, 0)
 

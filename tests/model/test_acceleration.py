@@ -12,7 +12,8 @@ from transformers.models.sam2.modeling_sam2 import Sam2VisionModel
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipVisionModel
 from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionModel
 
-from rsrs.model import RsrsError, load_model
+from rsrs.core.errors import ConfigError, RsrsError
+from rsrs.model import load_model
 from rsrs.model.acceleration import (
     accelerate,
     attention_kernels,
@@ -21,7 +22,6 @@ from rsrs.model.acceleration import (
     use_compile_cache,
     use_sdpa_attention,
 )
-from rsrs.model.errors import ConfigError
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
 

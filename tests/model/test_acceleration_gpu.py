@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rsrs.model import load_model
+from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import accelerate, attention_kernels
-from rsrs.model.graphs import GraphedBatches
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
 
@@ -77,8 +76,8 @@ def test_accelerated_demo_masks_equal_eager_over_the_demo_scene_through_cuda_gra
     text = demo_cuda.encode_texts(queries)
     expected = demo_cuda.predict(tiles, text) > 0.5
     fast = accelerate(copy.deepcopy(demo_cuda))
-    graphed = GraphedBatches(lambda x: fast.predict(x, text), batch=8)  # as the workers run it
-    with caplog.at_level(logging.WARNING, logger="rsrs.model.graphs"):
+    graphed = batch_predictor(fast, text, batch=8)  # as the workers run it: replayed from CUDA graphs
+    with caplog.at_level(logging.WARNING, logger="rsrs.model.predictor"):
         got = graphed(tiles) > 0.5
     assert "running eagerly" not in caplog.text  # compiled kernels were captured in the graphs
     assert expected.float().mean() > 0.01  # the demo model finds things in its scene
