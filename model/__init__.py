@@ -10,6 +10,7 @@ Names are imported on first use, so ``import rsrs.model`` alone does not load to
 from importlib import import_module
 
 _EXPORTS = {
+    "accelerate": "rsrs.model.acceleration",
     "save_checkpoint": "rsrs.model.checkpoint",
     "ModelConfig": "rsrs.model.config",
     "ImageFeatures": "rsrs.model.outputs",

@@ -1,0 +1,167 @@
+"""Eager against fused and compiled image encoders (``rsrs.model.accelerate``), measured in one run.
+
+For each variant of the same random-init model: ``encode_images`` tiles/s; the workers' model function
+(``predict`` over a batch, replayed from CUDA graphs on a GPU, as ``batch_predictor`` runs it) tiles/s; the max
+abs logit difference and the share of mask pixels equal to eager's; the first call's seconds (compilation, or
+loading from the compile cache: run twice to see both); and the kernel each attention layer runs. ``--trace``
+writes a chrome trace of one un-graphed ``predict`` batch per variant (``trace.json`` -> ``trace.eager.json``, ...;
+a ``.json.gz`` name is compressed) and the result lists each variant's top device operators.
+
+Variants: eager always; ``--fused``: fused SAM attention; ``--compile``: compiled encoders with stock attention,
+and fused + compiled with ``--fused``; ``--fp8``: fused + compiled + float8 linear layers (H100/H200).
+
+GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
+CPU smoke:    python -m benchmarks.encoder_fusion --preset tiny --batch 2 --iters 1 --fused
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks._common import device_info, timed, write_result
+from rsrs.model import batch_predictor, load_model
+from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
+
+QUERY = "the red-roofed buildings"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="rsrefseg-b")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--iters", type=int, default=5, help="timed calls per measurement (after 2 warm-up calls)")
+    parser.add_argument("--fused", action="store_true", help="time fused SAM attention")
+    parser.add_argument("--compile", action="store_true", help="time compiled encoders")
+    parser.add_argument("--fp8", action="store_true", help="time fused + compiled + float8 linear layers")
+    parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
+    parser.add_argument("--trace", type=Path, help="chrome trace path; the variant's name goes before .json")
+    parser.add_argument("--name", default="encoder_fusion", help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    base = load_model(args.preset, device=device, pretrained=False)
+    result: dict = {
+        "preset": args.preset,
+        **device_info(),
+        "weights": f"random init, {str(base.dtype).removeprefix('torch.')}",
+        "batch": args.batch,
+        "tile_size": args.tile_size,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "compile_mode": args.mode,
+        "compile_cache": str(compile_cache_dir()),
+        "compile_cache_had_entries": compile_cache_dir().is_dir() and any(compile_cache_dir().iterdir()),
+    }
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8, generator=g)
+    tiles = tiles.to(device)
+    text = base.encode_texts([QUERY])
+
+    eager_logits = None
+    for name, options in _variants(args):
+        model = base if options is None else accelerate(copy.deepcopy(base), mode=args.mode, **options)
+        t0 = time.perf_counter()
+        logits = _logits(model, tiles, text)
+        first_call = time.perf_counter() - t0
+        eager_logits = logits if eager_logits is None else eager_logits
+        entry = {
+            "attention": attention_kernels(model),
+            "first_call_seconds": round(first_call, 1),
+            "max_abs_logit_difference": float((logits - eager_logits).abs().max()),
+            "mask_pixels_equal": round(float(((logits > 0) == (eager_logits > 0)).float().mean()), 6),
+        }
+        entry |= _speeds(model, tiles, text, batch=args.batch, iters=args.iters)
+        if args.trace:
+            entry["top_operators_ms"] = _trace(model, tiles, text, _trace_path(args.trace, name))
+        result[name] = entry
+        del model, logits
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if device == "cuda":
+        result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    write_result(args.name, result)
+
+
+def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
+    """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first."""
+    variants: list[tuple[str, dict | None]] = [("eager", None)]
+    if args.fused:
+        variants.append(("fused", {"compile": False}))
+    if args.compile:
+        variants.append(("compiled", {"fused_attention": False}))
+        if args.fused:
+            variants.append(("fused_compiled", {}))
+    if args.fp8:
+        variants.append(("fused_compiled_fp8", {"fp8": True}))
+    return variants
+
+
+def _logits(model, tiles: torch.Tensor, text) -> torch.Tensor:
+    """Mask logits B x 1 x H x W (float32) of one batch, synchronised."""
+    with torch.inference_mode():
+        logits = model.decode(model.encode_images(tiles), text).logits.float()
+    if tiles.is_cuda:
+        torch.cuda.synchronize()
+    return logits
+
+
+def _speeds(model, tiles: torch.Tensor, text, *, batch: int, iters: int) -> dict:
+    """Tiles/s of encode_images and of the workers' batch function (graph replay on a GPU)."""
+    with torch.inference_mode():
+        encode = batch / timed(lambda: model.encode_images(tiles), iters=iters)
+    fn = batch_predictor(model, text, batch=batch)  # CUDA graphs on a GPU
+    warnings = _Warnings()
+    logging.getLogger("rsrs.model.predictor").addHandler(warnings)
+    try:
+        rate = batch / timed(lambda: fn(tiles), iters=iters)
+    finally:
+        logging.getLogger("rsrs.model.predictor").removeHandler(warnings)
+    speeds = {"encode_images_tiles_per_s": round(encode, 2), "worker_predict_tiles_per_s": round(rate, 2)}
+    if tiles.is_cuda:
+        speeds["cuda_graph"] = "eager fallback: " + warnings.messages[0] if warnings.messages else "captured"
+    return speeds
+
+
+class _Warnings(logging.Handler):
+    """Collects the warnings of a logger (here: a CUDA graph capture that failed)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _trace(model, tiles: torch.Tensor, text, path: Path) -> dict[str, float]:
+    """Chrome trace of one predict batch at ``path``; returns the 8 operators with most self time on the device."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tiles.is_cuda else [])
+    with profile(activities=activities) as prof:
+        model.predict(tiles, text)
+        if tiles.is_cuda:
+            torch.cuda.synchronize()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    attr = "self_device_time_total" if tiles.is_cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)[:8]
+    return {e.key[:80]: round(getattr(e, attr) / 1000, 2) for e in events}
+
+
+def _trace_path(path: Path, variant: str) -> Path:
+    """``trace.json`` -> ``trace.<variant>.json`` (also for ``.json.gz``)."""
+    stem, dot, rest = path.name.partition(".json")
+    return path.with_name(f"{stem}.{variant}{dot}{rest}" if dot else f"{path.name}.{variant}")
+
+
+if __name__ == "__main__":
+    main()

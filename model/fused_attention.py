@@ -1,0 +1,147 @@
+"""SAM ViT attention with its relative positions added inside one attention kernel.
+
+transformers' ``SamVisionAttention`` (and its SDPA subclass) scores a query at (qy, qx) against a key at (ky, kx) as
+
+    scale * q.k + q.Rh[qy, ky] + q.Rw[qx, kx]       (decomposed relative positions, MViTv2; q unscaled)
+
+where Rh, Rw are its per-axis embedding tables resized to the window. It materialises the last two terms as a
+B x heads x N x N bias (N = 4096 tokens in SAM-B's global layers at 1024 px) and adds it outside the attention
+kernel; in bf16 eager most of SAM ViT's time goes to that element-wise work. Here the terms stay two small
+per-query tables, ``rel_h``: B x heads x N x H and ``rel_w``: B x heads x N x W, which FlexAttention's
+``score_mod`` adds to each score inside its fused kernel. Where flex cannot run (the CPU, gradients) the same
+tables are summed into the bias for SDPA, as transformers does.
+
+Applied after construction (STYLE rule 4): each attention layer's ``forward`` is replaced on the instance; its
+parameters, their names, LoRA adapters on ``qkv``/``proj`` and the ``get_rel_pos`` it uses stay as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import MethodType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.sam.modeling_sam import SamVisionAttention
+
+try:
+    from torch.nn.attention.flex_attention import flex_attention
+except ImportError:  # torch < 2.5
+    flex_attention = None
+
+Kernel = Literal["auto", "flex", "sdpa"]
+KERNELS: tuple[Kernel, ...] = ("auto", "flex", "sdpa")
+
+
+def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "auto") -> int:
+    """Give every SAM ViT attention layer in ``model`` the fused forward; returns how many layers it changed.
+
+    ``kernel``: 'flex' (FlexAttention with the relative positions in its ``score_mod``), 'sdpa' (SDPA with the
+    bias built from the same tables) or 'auto': flex on CUDA when no gradient is needed, else sdpa. Windowed and
+    global layers alike; layers already fused are set to ``kernel``.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "flex" and flex_attention is None:
+        raise RuntimeError(
+            f"kernel='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention); found {torch.__version__}"
+        )
+    layers = [m for m in model.modules() if isinstance(m, SamVisionAttention)]
+    for layer in layers:
+        layer.fused_kernel = kernel
+        layer.forward = MethodType(fused_sam_attention_forward, layer)
+    return len(layers)
+
+
+def is_fused(module: nn.Module) -> bool:
+    """Whether ``module`` is a SAM ViT attention layer running :func:`fused_sam_attention_forward`."""
+    forward = getattr(module, "forward", None)
+    return getattr(forward, "__func__", None) is fused_sam_attention_forward
+
+
+def fused_sam_attention_forward(
+    self: SamVisionAttention, hidden_states: torch.Tensor, output_attentions: bool | None = None
+) -> tuple[torch.Tensor, None]:
+    """``SamVisionAttention.forward`` computed by one fused kernel (bound to a layer by :func:`fuse_sam_attention`).
+
+    hidden_states: B x H x W x C (B = images, or images x windows in windowed layers) -> (B x H x W x C, None);
+    attention weights are never returned, as with transformers' SDPA class.
+    """
+    B, H, W, C = hidden_states.shape
+    heads = self.num_attention_heads
+    qkv = self.qkv(hidden_states).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)  # 3 x B x heads x N x d
+    query, key, value = qkv.unbind(0)
+    if not self.use_rel_pos:
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+    else:
+        rel_h, rel_w = relative_position_tables(self, query, height=H, width=W)
+        if _flex_runs(self, query):
+            out = _flex_with_relative_positions(query, key, value, rel_h, rel_w, scale=self.scale)
+        else:
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, H * W, H * W)  # key index ky*W + kx
+            dropout = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+    out = out.transpose(1, 2).reshape(B, H, W, -1)  # B x H x W x heads*d, heads side by side per token
+    return self.proj(out), None
+
+
+def relative_position_tables(
+    layer: SamVisionAttention, query: torch.Tensor, *, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two decomposed relative-position terms of every query, per key row and per key column.
+
+    query: B x heads x N x d (unscaled, N = height * width, row-major)
+    -> rel_h: B x heads x N x height (q . Rh[qy, ky]), rel_w: B x heads x N x width (q . Rw[qx, kx]);
+    in the query's dtype, as transformers computes them.
+    """
+    B, heads, N, d = query.shape
+    emb_h = layer.get_rel_pos(height, height, layer.rel_pos_h)  # height x height x d: query row x key row
+    emb_w = layer.get_rel_pos(width, width, layer.rel_pos_w)  # width x width x d: query column x key column
+    grid = query.reshape(B, heads, height, width, d)
+    rel_h = torch.einsum("bnyxd,ykd->bnyxk", grid, emb_h).reshape(B, heads, N, height)
+    rel_w = torch.einsum("bnyxd,xkd->bnyxk", grid, emb_w).reshape(B, heads, N, width)
+    return rel_h, rel_w
+
+
+def _flex_runs(layer: SamVisionAttention, query: torch.Tensor) -> bool:
+    """Whether this call goes to FlexAttention: asked for, or 'auto' on CUDA when nothing needs a gradient.
+
+    Flex has no attention dropout and (in torch 2.11) no CPU backward; SDPA takes those calls.
+    """
+    if layer.fused_kernel == "sdpa" or (layer.training and layer.dropout > 0):
+        return False
+    if layer.fused_kernel == "flex":
+        return True
+    return flex_attention is not None and query.is_cuda and not (torch.is_grad_enabled() and query.requires_grad)
+
+
+def _flex_with_relative_positions(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    *,
+    scale: float,
+) -> torch.Tensor:
+    """Attention whose scores gain rel_h[q, key row] + rel_w[q, key column] inside the kernel.
+
+    query, key, value: B x heads x N x d; rel_h: B x heads x N x H; rel_w: B x heads x N x W  ->  B x heads x N x d
+    """
+    key_width = rel_w.shape[-1]
+
+    def add_relative_positions(score, b, h, q_idx, kv_idx):
+        return score + (rel_h[b, h, q_idx, kv_idx // key_width] + rel_w[b, h, q_idx, kv_idx % key_width])
+
+    # Inside torch.compile flex is traced into the caller's graph; outside, on CUDA, it needs its own compiled
+    # kernel (uncompiled flex is a reference that materialises the scores; on the CPU that reference is used).
+    attend = flex_attention if torch.compiler.is_compiling() or not query.is_cuda else _compiled_flex()
+    return attend(query, key, value, score_mod=add_relative_positions, scale=scale)
+
+
+@functools.cache
+def _compiled_flex():
+    """FlexAttention compiled once per process, at static shapes (one kernel per window and global size)."""
+    return torch.compile(flex_attention, dynamic=False)
