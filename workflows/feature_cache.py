@@ -25,7 +25,7 @@ from rsrs.model.lora import IMAGE_ENCODERS
 from rsrs.model.outputs import ImageFeatures
 from rsrs.model.rsrefseg import RSRefSeg
 from rsrs.pipeline.datasets.base import ReferringDataset, read_rgb
-from rsrs.workflows.evaluate import image_to_tensor
+from rsrs.workflows.scoring import image_to_tensor
 
 CACHE_DIR = "image_features"
 

@@ -1,15 +1,26 @@
-"""Training batches from a referring dataset: fixed-size tensors, and a resumable, rank-sharded sample order."""
+"""Training data: the splits of a referring dataset as fixed-size tensors (or rows of an image feature cache), in a
+resumable, rank-sharded order."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rsrs.workflows.evaluate import image_to_tensor
+from rsrs.core.errors import ConfigError
+from rsrs.model.lora import image_encoders_frozen
+from rsrs.pipeline.datasets import ReferringDataset, open_dataset
+from rsrs.workflows.feature_cache import FeatureCache, image_feature_cache
+from rsrs.workflows.scoring import image_to_tensor
+from rsrs.workflows.train_config import TrainConfig
+from rsrs.workflows.train_distributed import Distributed
+from rsrs.workflows.train_state import Progress
 
 
 def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
@@ -66,3 +77,76 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.order()) - self.start
+
+
+@dataclass
+class TrainingData:
+    """The training split as batches (of images, or of feature-cache rows), the validation split, and the cache."""
+
+    train: ReferringBatches
+    val: ReferringDataset | None
+    cache: FeatureCache | None
+    config: TrainConfig
+
+    def images(self, inputs: torch.Tensor, *, device: torch.device, dtype: torch.dtype):
+        """A batch's model input: its pixels on the device, or its cached image features."""
+        if self.cache is not None:
+            return self.cache.features(inputs, device=device, dtype=dtype)
+        return inputs.to(device)
+
+    def epoch(self, state: Progress, ddp: Distributed) -> DataLoader:
+        """This rank's batches for the current epoch, from where ``state`` stands in it."""
+        sampler = ResumableSampler(
+            len(self.train),
+            seed=self.config.seed,
+            epoch=state.epoch,
+            start=state.epoch_position,
+            rank=ddp.rank,
+            world=ddp.world,
+        )
+        return DataLoader(
+            self.train,
+            batch_size=self.config.optim.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.config.data.num_workers,
+            persistent_workers=False,
+        )
+
+
+def open_training_data(
+    config: TrainConfig, model: torch.nn.Module, ddp: Distributed, *, autocast: bool
+) -> TrainingData:
+    """The config's splits, with the training images' features cached first when ``data.cache_image_features``."""
+    data = config.data
+    train_reader = open_dataset(data.format, data.path, data.train_split)
+    cache = _feature_cache(model, train_reader, config, ddp, autocast=autocast) if data.cache_image_features else None
+    train = ReferringBatches(train_reader, size=data.image_size, image_rows=cache.rows if cache is not None else None)
+    if len(train) < config.optim.batch_size * ddp.world:
+        raise ConfigError(
+            f"training split '{data.train_split}' has {len(train)} samples, fewer than one batch "
+            f"({config.optim.batch_size} x {ddp.world} processes); lower optim.batch_size"
+        )
+    val = open_dataset(data.format, data.path, data.val_split) if data.val_split else None
+    return TrainingData(train=train, val=val, cache=cache, config=config)
+
+
+def _feature_cache(model, reader, config: TrainConfig, ddp: Distributed, *, autocast: bool) -> FeatureCache:
+    """The training split's image features, computed once by rank 0 (the other ranks then open its files)."""
+    if not image_encoders_frozen(model):
+        raise ConfigError(
+            "data.cache_image_features needs both image encoders frozen, but this model trains them; "
+            "set model.trainable: all_but_image_encoders"
+        )
+    build = partial(
+        image_feature_cache,
+        model,
+        reader,
+        size=config.data.image_size,
+        out_dir=Path(config.out_dir),
+        batch_size=config.optim.batch_size,
+        autocast=autocast,
+    )
+    cache = build(progress=True) if ddp.is_main else None
+    ddp.barrier()
+    return cache if cache is not None else build(progress=False)

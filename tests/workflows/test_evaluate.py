@@ -11,7 +11,8 @@ from rsrs.model import load_model
 from rsrs.pipeline.datasets import DatasetFormatError, open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli
-from rsrs.workflows.evaluate import evaluate, model_predictor, parse_data_spec
+from rsrs.workflows.evaluate import evaluate, parse_data_spec
+from rsrs.workflows.scoring import model_predictor
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from rsrs.model import load_model
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli
-from rsrs.workflows.evaluate import image_to_tensor, model_predictor, score_dataset
 from rsrs.workflows.feature_cache import image_feature_cache
 from rsrs.workflows.metrics import summarize
+from rsrs.workflows.scoring import image_to_tensor, model_predictor, score_dataset
 from rsrs.workflows.train import train
 from rsrs.workflows.train_config import load_train_config
 
