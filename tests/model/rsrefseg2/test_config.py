@@ -1,0 +1,67 @@
+"""RSRefSeg 2 configs: dispatch on ``architecture``, official defaults, checkpoints, missing weights."""
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rsrs.model import get_model_config, load_model, save_checkpoint
+from rsrs.model.checkpoint import read_checkpoint_config
+from rsrs.model.config import ModelConfig, parse_model_config
+from rsrs.model.errors import ConfigError, WeightsNotFoundError
+from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+from tests.model.conftest import random_tiles
+
+
+def test_architecture_selects_the_schema():
+    tiny2, tiny = get_model_config("tiny2"), get_model_config("tiny")
+    assert isinstance(tiny2, RSRefSeg2Config) and tiny2.architecture == "rsrefseg2"
+    assert isinstance(tiny, ModelConfig) and tiny.architecture == "rsrefseg"
+    with pytest.raises(ConfigError, match=r"invalid model config x\.yaml: sam2: Field required"):
+        parse_model_config({"architecture": "rsrefseg2", "name": "n", "siglip": {}}, source="x.yaml")
+    with pytest.raises(ConfigError, match=r"prompter\.heads: Extra inputs are not permitted"):
+        parse_model_config({**tiny2.model_dump(), "prompter": {"heads": 4}}, source="x.yaml")
+
+
+def test_defaults_are_the_official_configuration():
+    config = get_model_config("rsrefseg2-l")
+    p = config.prompter
+    assert (p.num_queries, p.num_prompts, p.num_heads, p.mlp_dim, p.internal_dim) == (3, 9, 8, 512, 512)
+    assert (p.query_depth, p.image_depth, p.prompt_depth) == (2, 2, 2)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout, config.trainable) == (16, 16, 0.0, "lora")
+    assert config.siglip.text_length == 128 and config.siglip.padding == "longest"
+    assert config.siglip.image_mean == config.siglip.image_std == (0.5, 0.5, 0.5)
+    assert config.sam2.pretrained == "facebook/sam2.1-hiera-large"
+    assert config.siglip.pretrained == "google/siglip2-so400m-patch16-512"
+
+
+def test_checkpoint_round_trip_keeps_the_trained_parameters_and_batchnorm_statistics(tmp_path):
+    model = load_model("tiny2", device="cpu")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        model.train()
+        model(random_tiles(1, batch=2, height=64, width=64), ["pond", "road"])  # updates BatchNorm statistics
+        model.eval()
+    path = save_checkpoint(model, tmp_path / "ft.safetensors", config=model.config)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    stats = {f"prompter.dense_prompt_conv.1.{b}" for b in ("running_mean", "running_var", "num_batches_tracked")}
+    assert keys == {n for n, p in model.named_parameters() if p.requires_grad} | stats
+    assert isinstance(read_checkpoint_config(path), RSRefSeg2Config)
+    loaded = load_model(path, device="cpu")
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for name, tensor in original.items():
+        assert torch.equal(tensor, restored[name]), name
+    tiles = random_tiles(2, batch=1, height=64, width=64)
+    assert torch.equal(model.predict(tiles, ["pond"]), loaded.predict(tiles, ["pond"]))
+
+
+def test_missing_pretrained_weights_name_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("RSRS_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(WeightsNotFoundError, match="facebook/sam2.1-hiera-tiny"):
+        load_model("rsrefseg2-t", device="cpu")
