@@ -20,6 +20,9 @@ def test_models_json_is_machine_readable():
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["rsrefseg-l"]["total_params"] == 1_191_550_098
     assert rows["tiny"]["sam_input"] == 256
+    assert rows["rsrefseg2-l"]["total_params"] == 1_447_126_197
+    assert rows["rsrefseg2-l"]["sam"] == "SAM 2 Hiera 144x48 (facebook/sam2.1-hiera-large)"
+    assert (rows["rsrefseg2-l"]["siglip_input"], rows["rsrefseg2-l"]["sam_input"]) == (512, 1024)
 
 
 def test_every_command_has_help():
