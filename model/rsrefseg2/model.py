@@ -245,8 +245,9 @@ class RSRefSeg2(PairwiseSegmenter):
             queries2=prompts.queries2,
             patches=feats.siglip,
             grid=feats.grid,
+            # taken here, so every trained parameter is used inside the (DDP-wrapped) forward
             contrastive_scale=self.decode_head.logit_scale2.exp(),
-            contrastive_bias=self.decode_head.logit_bias2.clone(),  # an op here, so DDP sees the parameter used
+            contrastive_bias=self.decode_head.logit_bias2.clone(),
         )
 
     def loss(

@@ -33,7 +33,7 @@ class RSRefSeg2Output(MaskOutput):
     patches: B x N x C              SigLIP2 patch tokens (pooled under the mask for the contrastive term)
     grid: (ny, nx)                  patch grid, N = ny * nx
     contrastive_scale, contrastive_bias: 0-d tensors, exp(logit_scale2) and logit_bias2 of the contrastive head,
-        taken inside ``forward`` so that DistributedDataParallel counts those parameters as used there
+        taken inside ``forward`` so that every trained parameter is used inside a DDP-wrapped forward
     """
 
     queries1: torch.Tensor

@@ -65,3 +65,45 @@ def test_missing_pretrained_weights_name_what_to_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("RSRS_WEIGHTS_DIR", str(tmp_path / "weights"))
     with pytest.raises(WeightsNotFoundError, match="facebook/sam2.1-hiera-tiny"):
         load_model("rsrefseg2-t", device="cpu")
+
+
+def _word_tokenizer(folder) -> None:
+    """A small word-level fast tokenizer saved as a pretrained one (stands in for SigLIP2's Gemma tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "the", "red", "car", "big", "pond", "road"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+
+
+def test_pretrained_backbones_and_tokenizer_load_from_a_local_weights_dir(tmp_path, monkeypatch):
+    """The real loading path (from_pretrained on local directories) with tiny-sized backbones; the pretrained
+    tokenizer pads a call's queries to the longest and truncates at ``text_length``."""
+    from transformers import Sam2Model, SiglipModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RSRS_WEIGHTS_DIR", str(tmp_path / "weights"))
+    random = load_model("tiny2", device="cpu", pretrained=False)
+    sam2_src, siglip_src = Sam2Model._from_config(random.sam2.config), SiglipModel._from_config(random.siglip.config)
+    sam2_src.save_pretrained(tmp_path / "weights" / "org" / "sam2-tiny")
+    siglip_src.save_pretrained(tmp_path / "weights" / "org" / "siglip2-tiny")
+    _word_tokenizer(tmp_path / "weights" / "org" / "siglip2-tiny")
+
+    config = get_model_config("tiny2").model_copy(deep=True)
+    config.sam2.pretrained, config.siglip.pretrained = "org/sam2-tiny", "org/siglip2-tiny"
+    config.siglip.tokenizer, config.siglip.padding, config.siglip.text_length = "pretrained", "longest", 6
+    model = load_model(config, device="cpu")
+
+    qkv = model.sam2.vision_encoder.backbone.blocks[0].attn.qkv.base_layer.weight
+    assert torch.equal(qkv, sam2_src.vision_encoder.backbone.blocks[0].attn.qkv.weight)
+    assert torch.equal(model.sam2.no_memory_embedding, sam2_src.no_memory_embedding)
+    fc1 = model.siglip.vision_model.head.mlp.fc1.base_layer.weight  # the vision pooling head is kept
+    assert torch.equal(fc1, siglip_src.vision_model.head.mlp.fc1.weight)
+    with torch.no_grad():
+        text = model.encode_texts(["red car", "the big red car", "the big red car the big red car"])
+    assert text.valid.sum(1).tolist() == [3, 5, 6]  # words + end of text, cut at text_length 6
+    assert text.tokens.shape[1] == 6
