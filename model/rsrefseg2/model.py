@@ -20,16 +20,19 @@ Name contract (relied on by the loader of the official checkpoints; parameter na
 
 - ``sam2`` (transformers ``Sam2Model``): ``sam2.vision_encoder`` (``.backbone`` Hiera, ``.neck`` FPN),
   ``sam2.prompt_encoder``, ``sam2.mask_decoder``, ``sam2.no_memory_embedding`` (official
-  ``backbone.model.no_mem_embed``).
+  ``backbone.model.no_mem_embed``); buffers ``sam2.shared_image_embedding.positional_embedding`` and
+  ``sam2.prompt_encoder.shared_embedding.positional_embedding`` both hold SAM 2's ``pe_layer`` matrix (the one
+  ``decode`` uses is the former, as transformers' own forward does).
 - ``siglip`` (transformers ``SiglipModel``): ``siglip.vision_model`` (``.embeddings``, ``.encoder``,
   ``.post_layernorm``, ``.head``), ``siglip.text_model`` (``.embeddings``, ``.encoder``, ``.final_layer_norm``,
   ``.head``), ``siglip.logit_scale``, ``siglip.logit_bias`` (official ``clip_text_encoder.logit_scale/_bias``).
 - ``prompter``: names equal to the official ``prompter.`` names: ``text_query_pe_embedding1``,
   ``text_query_pe_embedding2``, ``two_queries_text_attn_layers.{0,1}.<operation>``, ``img_pe``,
   ``queries1_to_img_attn_layers.{0,1}.<operation>``, ``prompt_queries2_img_attn_layers.{0,1}.<operation>``,
-  ``prompt_pe_embedding``, ``prompt_embedding``, ``sparse_prompt_mlp.layers.{0,1}``, ``dense_prompt_conv.{0,1,3}``;
-  ``<operation>`` is an operation name of the config (attention: ``q_proj/k_proj/v_proj/out_proj``; MLP:
-  ``layers.{0,1}``; LayerNorm: ``weight/bias``).
+  ``prompt_pe_embedding``, ``prompt_embedding``, ``sparse_prompt_mlp.layers.{0,1}``, ``dense_prompt_conv.{0,1,3}``
+  (``.1`` is a BatchNorm: also buffers ``running_mean/running_var/num_batches_tracked``); ``<operation>`` is an
+  operation name of the config (attention: ``q_proj/k_proj/v_proj/out_proj``; MLP: ``layers.{0,1}``; LayerNorm:
+  ``weight/bias``).
 - ``decode_head``: ``logit_scale2``, ``logit_bias2`` (official ``decode_head.``, the contrastive term's
   temperature and bias; the official ``logit_scale1``/``logit_bias1`` serve loss terms its configuration leaves
   off, so they stay at init there and are not built here).
