@@ -1,4 +1,5 @@
-"""rsrs.model: the RSRefSeg network (SigLIP + AttnPrompter + SAM, LoRA). Knows nothing of GeoTIFFs or Dask.
+"""rsrs.model: the RSRefSeg networks (RSRefSeg: SigLIP + AttnPrompter + SAM; RSRefSeg 2: SigLIP2 + cascaded
+prompter + SAM 2.1; LoRA). Knows nothing of GeoTIFFs or Dask.
 
 >>> from rsrs.model import load_model
 >>> m = load_model("tiny", device="cpu")
@@ -18,13 +19,14 @@ _EXPORTS = {
     "TextFeatures": "rsrs.model.outputs",
     "BatchFn": "rsrs.model.predictor",
     "batch_predictor": "rsrs.model.predictor",
-    "ReferringModel": "rsrs.model.protocol",
+    "PairwiseSegmenter": "rsrs.model.segmenter",
     "build_model": "rsrs.model.registry",
     "get_model_config": "rsrs.model.config",
     "list_models": "rsrs.model.config",
     "load_model": "rsrs.model.registry",
     "resolve_model_spec": "rsrs.model.registry",
     "RSRefSeg": "rsrs.model.rsrefseg",
+    "RSRefSeg2": "rsrs.model.rsrefseg2.model",
 }
 __all__ = sorted(_EXPORTS)
 

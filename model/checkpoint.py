@@ -25,8 +25,17 @@ FORMAT = "1"
 
 
 def trained_state_dict(model: nn.Module, *, also: Collection[str] = ()) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (``requires_grad``) and those named in ``also``, detached, by name."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad or name in also}
+    """The parameters that training changes (``requires_grad``) and those named in ``also``, detached, by name;
+    plus the persistent buffers of modules with trained parameters (BatchNorm's running statistics, which training
+    updates too)."""
+    tensors = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad or name in also}
+    persistent = model.state_dict(keep_vars=True).keys()
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buffer in module.named_buffers(prefix=prefix, recurse=False):
+                if name in persistent:
+                    tensors[name] = buffer.detach()
+    return tensors
 
 
 def checkpoint_names(path: str | Path) -> list[str]:
@@ -63,8 +72,9 @@ def read_checkpoint_config(path: str | Path) -> ModelConfig:
 
 
 def apply_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Copy a checkpoint's tensors into ``model``; every stored tensor must match a trained parameter."""
-    params = dict(model.named_parameters())
+    """Copy a checkpoint's tensors into ``model``; every stored tensor must match a parameter or buffer, and every
+    trained parameter must be stored."""
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
     with safe_open(str(path), framework="pt", device="cpu") as f:
         names = list(f.keys())
         unknown = [n for n in names if n not in params]

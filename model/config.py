@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
+
+if TYPE_CHECKING:
+    from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+
+TrainableMode = Literal["lora", "all", "all_but_image_encoders"]
 
 
 class SiglipSpec(StrictModel):
@@ -78,7 +83,7 @@ class ModelConfig(StrictModel):
     sam: SamSpec
     prompter: PrompterSpec = Field(default_factory=PrompterSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    trainable: Literal["lora", "all", "all_but_image_encoders"] = Field(
+    trainable: TrainableMode = Field(
         "lora",
         description="'lora': LoRA + prompter + SAM prompt encoder/decoder + SigLIP logit scale/bias (reference); "
         "'all': every parameter (for models trained from random init, such as 'demo'); "
@@ -101,7 +106,7 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def get_model_config(name: str) -> ModelConfig:
+def get_model_config(name: str) -> ModelConfig | RSRefSeg2Config:
     """The config of a shipped preset."""
     path = presets_dir() / f"{name}.yaml"
     if not path.exists():
@@ -111,11 +116,17 @@ def get_model_config(name: str) -> ModelConfig:
     return load_model_config(path)
 
 
-def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
-    """Validate a config mapping; errors name the source and the key in one line."""
-    return validate(ModelConfig, data, source=f"model config {source}")
+def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig | RSRefSeg2Config:
+    """Validate a config mapping against the schema its ``architecture`` names (default 'rsrefseg'); errors name
+    the source and the key in one line."""
+    schema: type[StrictModel] = ModelConfig
+    if data.get("architecture") == "rsrefseg2":
+        from rsrs.model.rsrefseg2.config import RSRefSeg2Config  # builds on this module, so imported on use
+
+        schema = RSRefSeg2Config
+    return validate(schema, data, source=f"model config {source}")
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
+def load_model_config(path: str | Path) -> ModelConfig | RSRefSeg2Config:
     """Read a model config YAML file."""
     return parse_model_config(load_yaml_mapping(path, what="model config"), source=str(path))

@@ -19,7 +19,7 @@ import torch
 
 if TYPE_CHECKING:
     from rsrs.model.outputs import TextFeatures
-    from rsrs.model.protocol import ReferringModel
+    from rsrs.model.segmenter import PairwiseSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ BatchFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def batch_predictor(
-    model: ReferringModel,
+    model: PairwiseSegmenter,
     text: TextFeatures,
     *,
     batch: int,

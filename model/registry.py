@@ -17,15 +17,20 @@ from rsrs.core.errors import ConfigError, WeightsNotFoundError
 from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
 from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
 from rsrs.model.config import ModelConfig, get_model_config, load_model_config, presets_dir
-from rsrs.model.lora import apply_lora, mark_trainable
+from rsrs.model.lora import LORA_TARGETS, apply_lora, mark_trainable
 from rsrs.model.prompter import AttnPrompter
 from rsrs.model.rsrefseg import RSRefSeg
+from rsrs.model.rsrefseg2.build import build_rsrefseg2
+from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+from rsrs.model.rsrefseg2.model import RSRefSeg2
 from rsrs.model.tokenizer import check_query_lengths as check_lengths
 
+AnyModelConfig = ModelConfig | RSRefSeg2Config
 
-def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
+
+def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfig, Path | None]:
     """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
-    if isinstance(spec, ModelConfig):
+    if isinstance(spec, ModelConfig | RSRefSeg2Config):
         return spec, None
     path = Path(spec).expanduser()
     if path.suffix == ".safetensors":
@@ -45,7 +50,7 @@ def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Pat
     return get_model_config(str(spec)), None
 
 
-def check_query_lengths(config: ModelConfig, texts: Sequence[str]) -> None:
+def check_query_lengths(config: AnyModelConfig, texts: Sequence[str]) -> None:
     """Fail when a query is longer than ``config``'s model reads, if its tokenizer is at hand here (a client
     without the pretrained tokenizer files leaves the check to the workers, which load the model)."""
     try:
@@ -55,7 +60,7 @@ def check_query_lengths(config: ModelConfig, texts: Sequence[str]) -> None:
     check_lengths(tokenizer, texts)
 
 
-def _shipped_checkpoint(config: ModelConfig) -> Path | None:
+def _shipped_checkpoint(config: AnyModelConfig) -> Path | None:
     return presets_dir() / config.checkpoint if config.checkpoint else None
 
 
@@ -69,32 +74,39 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def build_model(
-    config: ModelConfig,
+    config: AnyModelConfig,
     *,
     device: str | torch.device = "cpu",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg:
-    """Construct RSRefSeg from a config, with LoRA and the trainable set applied (no checkpoint tensors).
+) -> RSRefSeg | RSRefSeg2:
+    """Construct the model a config describes (its ``architecture``), with LoRA and the trainable set applied (no
+    checkpoint tensors).
 
     ``device="meta"`` builds without memory (for shapes and parameter counts); ``pretrained=False`` builds the
     backbones at seeded random init instead of loading their weights.
     """
     device = torch.device(device)
+    build = build_rsrefseg2 if config.architecture == "rsrefseg2" else _build_rsrefseg
     with _seeded(config.init_seed, device), torch.device(device):
-        siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_dir)
-        sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_dir)
-        prompter = AttnPrompter(
-            feature_dim=siglip.config.vision_config.hidden_size,
-            prompt_dim=sam.config.prompt_encoder_config.hidden_size,
-            norm_groups=config.prompter.norm_groups,
-            position_grid=config.prompter.position_grid,
-        )
-        tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_dir)
-        model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
-        apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+        model = build(config, pretrained=pretrained, weights_root=weights_dir)
     mark_trainable(model, mode=config.trainable)
     return model.to(device)
+
+
+def _build_rsrefseg(config: ModelConfig, *, pretrained: bool, weights_root: str | Path | None) -> RSRefSeg:
+    siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_root)
+    sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_root)
+    prompter = AttnPrompter(
+        feature_dim=siglip.config.vision_config.hidden_size,
+        prompt_dim=sam.config.prompt_encoder_config.hidden_size,
+        norm_groups=config.prompter.norm_groups,
+        position_grid=config.prompter.position_grid,
+    )
+    tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_root)
+    model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
+    apply_lora(model, targets=LORA_TARGETS, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+    return model
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -108,13 +120,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_model(
-    spec: str | Path | ModelConfig,
+    spec: str | Path | AnyModelConfig,
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg:
+) -> RSRefSeg | RSRefSeg2:
     """A ready-to-use model in eval mode: preset name, model config path, or checkpoint path.
 
     ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU.

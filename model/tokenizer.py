@@ -1,7 +1,9 @@
-"""Text tokenisation to fixed-length ids plus a mask of real (non-padding) tokens.
+"""Text tokenisation to ids plus a mask of real (non-padding) tokens.
 
 Real presets use SigLIP's own tokenizer, found beside the pretrained weights. Random-init and demo models use
-a byte-level tokenizer that needs no files, so they work on a machine without any download.
+a byte-level tokenizer that needs no files, so they work on a machine without any download. Both pad to a fixed
+``length`` (``padding="max_length"``, RSRefSeg) or to the longest query of the call, truncated at ``length``
+(``padding="longest"``, as RSRefSeg 2's official code tokenizes).
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
 from rsrs.core.errors import ConfigError
+
+Padding = Literal["max_length", "longest"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class ByteTokenizer:
     vocab_size = 259
     pad_id, eos_id, offset = 0, 1, 3
 
-    def __init__(self, *, length: int) -> None:
+    def __init__(self, *, length: int, padding: Padding = "max_length") -> None:
         self.length = length
+        self.padding = padding
 
     def _bytes(self, text: str) -> bytes:
         return text.strip().lower().encode("utf-8")
@@ -67,8 +72,9 @@ class ByteTokenizer:
 
     def __call__(self, texts: list[str]) -> TokenizedText:
         rows = [[b + self.offset for b in self._bytes(text)][: self.length - 1] + [self.eos_id] for text in texts]
-        ids = torch.full((len(texts), self.length), self.pad_id, dtype=torch.long)  # Q x L
-        valid = torch.zeros((len(texts), self.length), dtype=torch.bool)  # Q x L
+        L = self.length if self.padding == "max_length" else max(len(row) for row in rows)
+        ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)  # Q x L
+        valid = torch.zeros((len(texts), L), dtype=torch.bool)  # Q x L
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
             valid[i, : len(row)] = True
@@ -76,13 +82,14 @@ class ByteTokenizer:
 
 
 class PretrainedTokenizer:
-    """SigLIP's tokenizer, padded to ``max_length`` as the model was trained."""
+    """The pretrained model's tokenizer (SigLIP's, SigLIP2's Gemma), found beside its weights."""
 
-    def __init__(self, path: str | Path, *, length: int) -> None:
+    def __init__(self, path: str | Path, *, length: int, padding: Padding = "max_length") -> None:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.length = length
+        self.padding = padding
 
     def count(self, texts: list[str]) -> list[int]:  # noqa: D102
         return [len(ids) for ids in self._tok([t.strip().lower() for t in texts])["input_ids"]]
@@ -90,7 +97,7 @@ class PretrainedTokenizer:
     def __call__(self, texts: list[str]) -> TokenizedText:
         out = self._tok(
             [t.strip().lower() for t in texts],
-            padding="max_length",
+            padding=self.padding,
             truncation=True,
             max_length=self.length,
             return_attention_mask=True,

@@ -27,7 +27,7 @@ from rsrs.pipeline.mosaic import quantise
 if TYPE_CHECKING:
     import torch
 
-    from rsrs.model import ReferringModel, TextFeatures
+    from rsrs.model import PairwiseSegmenter, TextFeatures
     from rsrs.model.predictor import BatchFn
 
 
@@ -54,7 +54,7 @@ class ResidentModel:
         from rsrs.model import load_model
 
         self.spec = spec
-        self.model: ReferringModel = load_model(spec.source, device=spec.device)
+        self.model: PairwiseSegmenter = load_model(spec.source, device=spec.device)
         kind = finisher or finisher_kind(self.model.device.type)
         self.finisher = start_finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
         self._lock = threading.Lock()  # tasks sharing the process set up texts and predictors once

@@ -1,17 +1,20 @@
 """Image features computed once, for training with both image encoders frozen (``data.cache_image_features``).
 
-When neither image encoder trains, each training image's SAM embedding and SigLIP tokens are the same at every
-step. Computing them once and reading them back leaves a step only the text encoder, prompter and mask decoder:
-for the ``demo`` model on CPU that is about 15x less work per sample. The cache is two float32 ``.npy``
-arrays (exactly what the encoders return; float16 would flush tiny activations to zero), one row per distinct
-image, in OUT_DIR/image_features/, opened memory-mapped. It is written under a temporary name and renamed, and
-reused (by ``--resume`` or a rerun) only when its fingerprint still matches: the image encoders' weights, the
-image size and the list of images.
+When neither image encoder trains, each training image's features (SAM's embedding and SigLIP's tokens, plus SAM
+2's high-resolution maps for RSRefSeg 2) are the same at every step. Computing them once and reading them back
+leaves a step only the text encoder, prompter and mask decoder: for the ``demo`` model on CPU that is about 15x
+less work per sample. The cache holds one float32 ``.npy`` array per tensor of the model's image features (exactly
+what the encoders return; float16 would flush tiny activations to zero), one row per distinct image, in
+OUT_DIR/image_features/, opened memory-mapped. It is written under a temporary name and renamed, and reused (by
+``--resume`` or a rerun) only when its fingerprint still matches: the image encoders' weights, the image size and
+the list of images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -21,9 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsrs.model.lora import IMAGE_ENCODERS
 from rsrs.model.outputs import ImageFeatures
-from rsrs.model.rsrefseg import RSRefSeg
+from rsrs.model.segmenter import PairwiseSegmenter
 from rsrs.pipeline.datasets.base import ReferringDataset, read_rgb
 from rsrs.workflows.scoring import image_to_tensor
 
@@ -34,35 +36,29 @@ CACHE_DIR = "image_features"
 class FeatureCache:
     """Fixed image features of a training split, and which row holds each sample's image.
 
-    sam: N x D x Hs x Ws float32; siglip: N x T x C float32 (N distinct images, memory-mapped)
+    arrays: field name -> N x ... float32 (N distinct images, memory-mapped), one per tensor of the features
+    fixed: the features' other fields (grid, input_shape, valid_shape), the same for every image
+    kind: the model's image-features class
     rows: the row of sample i's image, for every sample of the split
     """
 
-    sam: np.ndarray
-    siglip: np.ndarray
+    arrays: dict[str, np.ndarray]
+    fixed: dict[str, tuple]
+    kind: type[ImageFeatures]
     rows: list[int]
-    grid: tuple[int, int]
-    input_shape: tuple[int, int]
-    valid_shape: tuple[int, int]
 
     def features(self, rows: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> ImageFeatures:
         """The cached features of a batch of rows (B), as the model's ``encode_images`` would return them."""
         index = rows.numpy()
-
-        def gather(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array[index])).to(device=device, dtype=dtype)
-
-        return ImageFeatures(
-            sam=gather(self.sam),  # B x D x Hs x Ws
-            siglip=gather(self.siglip),  # B x T x C
-            grid=self.grid,
-            input_shape=self.input_shape,
-            valid_shape=self.valid_shape,
-        )
+        tensors = {
+            name: torch.from_numpy(np.ascontiguousarray(array[index])).to(device=device, dtype=dtype)  # B x ...
+            for name, array in self.arrays.items()
+        }
+        return self.kind(**tensors, **self.fixed)
 
 
 def image_feature_cache(
-    model: RSRefSeg,
+    model: PairwiseSegmenter,
     reader: ReferringDataset,
     *,
     size: int,
@@ -76,7 +72,6 @@ def image_feature_cache(
     paths = [str(r.image) for r in reader.records]
     distinct = list(dict.fromkeys(paths))  # first-seen order
     row_of = {p: i for i, p in enumerate(distinct)}
-    rows = [row_of[p] for p in paths]
     fingerprint = _fingerprint(model, size=size, images=distinct)
     folder = out_dir / CACHE_DIR
     meta = _meta_if_matching(folder, fingerprint) or _write(
@@ -89,22 +84,21 @@ def image_feature_cache(
         autocast=autocast,
         progress=progress,
     )
+    module, _, name = meta["kind"].partition(":")
     return FeatureCache(
-        sam=np.load(folder / "sam.npy", mmap_mode="r"),
-        siglip=np.load(folder / "siglip.npy", mmap_mode="r"),
-        rows=rows,
-        grid=tuple(meta["grid"]),
-        input_shape=tuple(meta["input_shape"]),
-        valid_shape=tuple(meta["valid_shape"]),
+        arrays={field: np.load(folder / f"{field}.npy", mmap_mode="r") for field in meta["arrays"]},
+        fixed={field: tuple(value) for field, value in meta["fixed"].items()},
+        kind=getattr(importlib.import_module(module), name),
+        rows=[row_of[p] for p in paths],
     )
 
 
-def _fingerprint(model: RSRefSeg, *, size: int, images: list[str]) -> str:
+def _fingerprint(model: PairwiseSegmenter, *, size: int, images: list[str]) -> str:
     """A digest of what the features depend on: the image encoders' weights, the input size, the images."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"size": size, "images": images}).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(IMAGE_ENCODERS):
+        if name.startswith(model.trainable_set.image_encoders):
             h.update(name.encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -119,7 +113,7 @@ def _meta_if_matching(folder: Path, fingerprint: str) -> dict | None:
 
 @torch.no_grad()
 def _write(
-    model: RSRefSeg,
+    model: PairwiseSegmenter,
     images: list[str],
     *,
     size: int,
@@ -135,7 +129,7 @@ def _write(
     tmp.mkdir(parents=True)
     was_training = model.training
     model.eval()
-    sam = siglip = None
+    arrays: dict[str, np.ndarray] = {}
     meta: dict = {}
     try:
         with tqdm(total=len(images), desc="cache image features", unit="image", disable=not progress) as bar:
@@ -144,16 +138,22 @@ def _write(
                 batch = torch.stack([image_to_tensor(read_rgb(Path(p)), (size, size)) for p in chunk])  # B x 3 x s x s
                 with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=autocast):
                     feats = model.encode_images(batch)
-                if sam is None:  # shapes are known after the first batch
-                    sam = _open_array(tmp / "sam.npy", (len(images), *feats.sam.shape[1:]))
-                    siglip = _open_array(tmp / "siglip.npy", (len(images), *feats.siglip.shape[1:]))
-                    meta = {"grid": feats.grid, "input_shape": feats.input_shape, "valid_shape": feats.valid_shape}
-                sam[start : start + len(chunk)] = feats.sam.float().cpu().numpy()
-                siglip[start : start + len(chunk)] = feats.siglip.float().cpu().numpy()
+                values = {f.name: getattr(feats, f.name) for f in dataclasses.fields(feats)}
+                tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}  # each B x ...
+                if not arrays:  # shapes are known after the first batch
+                    arrays = {k: _open_array(tmp / f"{k}.npy", (len(images), *v.shape[1:])) for k, v in tensors.items()}
+                    kind = type(feats)
+                    meta = {
+                        "kind": f"{kind.__module__}:{kind.__qualname__}",
+                        "arrays": list(tensors),
+                        "fixed": {k: v for k, v in values.items() if k not in tensors},
+                    }
+                for name, tensor in tensors.items():
+                    arrays[name][start : start + len(chunk)] = tensor.float().cpu().numpy()
                 bar.update(len(chunk))
-        sam.flush()
-        siglip.flush()
-        del sam, siglip
+        for array in arrays.values():
+            array.flush()
+        arrays.clear()
         meta.update(fingerprint=fingerprint, images=len(images))
         (tmp / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,11 +1,12 @@
 """``rsrs train CONFIG.yaml``: fine-tune a model on a referring dataset, single-process or under torchrun.
 
-AdamW with linear warm-up and cosine decay, the model's own loss (BCE + Dice for RSRefSeg), bf16 autocast on GPU,
-gradient clipping. Rank 0 writes ``checkpoints/step_N.safetensors``, ``last.safetensors``, ``best.safetensors``
-(by validation gIoU), ``resume.pt`` (optimizer, scheduler, RNG, data position), all atomically, so ``--resume``
-continues exactly as an uninterrupted run would; and ``metrics.jsonl`` (plus TensorBoard when installed).
-The pieces: :mod:`~rsrs.workflows.train_distributed` (ranks), :mod:`~rsrs.workflows.train_state` (progress,
-schedule, resume point, metrics), :mod:`~rsrs.workflows.train_data` (splits and batches).
+AdamW with linear warm-up and cosine decay, the model's own loss (BCE + Dice for RSRefSeg, plus the query and
+contrastive terms for RSRefSeg 2), bf16 autocast on GPU, gradient clipping. Rank 0 writes
+``checkpoints/step_N.safetensors``, ``last.safetensors``, ``best.safetensors`` (by validation gIoU), ``resume.pt``
+(optimizer, scheduler, RNG, data position), all atomically, so ``--resume`` continues exactly as an uninterrupted
+run would; and ``metrics.jsonl`` (plus TensorBoard when installed). The pieces:
+:mod:`~rsrs.workflows.train_distributed` (ranks), :mod:`~rsrs.workflows.train_state` (progress, schedule, resume
+point, metrics), :mod:`~rsrs.workflows.train_data` (splits and batches).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rsrs.core.errors import ConfigError
 from rsrs.model import load_model, save_checkpoint
 from rsrs.model.checkpoint import apply_checkpoint, checkpoint_names
 from rsrs.model.lora import mark_trainable
-from rsrs.model.losses import LossOutput, bce_dice_loss
+from rsrs.model.losses import LossOutput
 from rsrs.workflows.metrics import summarize
 from rsrs.workflows.scoring import model_predictor, score_dataset
 from rsrs.workflows.train_config import TrainConfig, load_train_config
@@ -70,9 +71,10 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.total.item():.3f}")
             if state.step % config.log_every == 0:
-                metrics.write({"kind": "train", "step": state.step, "loss": loss.total.item(), "bce": loss.bce.item(),
-                               "dice": loss.dice.item(), "lr": opt.scheduler.get_last_lr()[0],
-                               "samples_per_s": throughput.take(), "world_size": ddp.world})  # fmt: skip
+                terms = {name: term.item() for name, term in loss.terms.items()}
+                metrics.write({"kind": "train", "step": state.step, "loss": loss.total.item(), **terms,
+                               "lr": opt.scheduler.get_last_lr()[0], "samples_per_s": throughput.take(),
+                               "world_size": ddp.world})  # fmt: skip
             last = state.step == config.optim.max_steps or (
                 max_minutes is not None and ddp.decide(time.perf_counter() - started > 60 * max_minutes)
             )
@@ -99,7 +101,8 @@ def train(
 class _Optimisation:
     """The model as trained (DDP-wrapped under torchrun), its optimizer and schedule, and one training step."""
 
-    net: torch.nn.Module | None
+    model: torch.nn.Module
+    net: torch.nn.Module | None  # the model, DDP-wrapped under torchrun
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -115,16 +118,16 @@ class _Optimisation:
         optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(optim.warmup_steps, optim.max_steps))
         bf16 = config.precision == "bf16" or (config.precision == "auto" and ddp.device.type == "cuda")
-        return cls(ddp.wrap(model), params, optimizer, scheduler, config, ddp.device, bf16)
+        return cls(model, ddp.wrap(model), params, optimizer, scheduler, config, ddp.device, bf16)
 
     def step(self, images, masks: torch.Tensor, sentences: list[str]) -> LossOutput:
         """One optimisation step on a batch: images (or their cached features), masks B x H x W, sentences."""
         assert self.net is not None
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.net(images, sentences).logits[:, 0]  # B x H x W
+            output = self.net(images, sentences)  # logits B x 1 x H x W, and what the model's loss needs
         weights = self.config.loss
-        loss = bce_dice_loss(
-            logits, masks.to(self.device), bce_weight=weights.bce_weight, dice_weight=weights.dice_weight
+        loss = self.model.loss(
+            output, masks.to(self.device), bce_weight=weights.bce_weight, dice_weight=weights.dice_weight
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()

@@ -17,5 +17,19 @@ def test_bce_dice_weights_the_two_parts():
     logits = torch.tensor([[[0.0, 0.0]]])
     target = torch.tensor([[[1.0, 0.0]]])
     out = bce_dice_loss(logits, target, bce_weight=2.0, dice_weight=3.0)
-    torch.testing.assert_close(out.bce, torch.tensor(math.log(2)))
-    torch.testing.assert_close(out.total, 2.0 * out.bce + 3.0 * out.dice)
+    torch.testing.assert_close(out.terms["bce"], torch.tensor(math.log(2)))
+    torch.testing.assert_close(out.total, 2.0 * out.terms["bce"] + 3.0 * out.terms["dice"])
+
+
+def test_rsrefseg_loss_is_bce_dice_of_its_single_query_logits(tiny):
+    from rsrs.model.outputs import MaskOutput
+
+    g = torch.Generator().manual_seed(0)
+    output = MaskOutput(logits=torch.randn(2, 1, 8, 8, generator=g), activation=torch.zeros(2, 1, 27, 27))
+    masks = (torch.randn(2, 8, 8, generator=g) > 0).float()
+    loss, reference = (
+        tiny.loss(output, masks, bce_weight=2.0, dice_weight=3.0),
+        bce_dice_loss(output.logits[:, 0], masks, bce_weight=2.0, dice_weight=3.0),
+    )
+    torch.testing.assert_close(loss.total, reference.total)
+    assert loss.terms.keys() == {"bce", "dice"}

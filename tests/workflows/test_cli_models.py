@@ -22,6 +22,9 @@ def test_models_json_is_machine_readable():
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["rsrefseg-l"]["total_params"] == 1_191_550_098
     assert rows["tiny"]["mask_input"] == 256
+    assert rows["rsrefseg2-l"]["total_params"] == 1_447_126_197
+    assert rows["rsrefseg2-l"]["masks"] == "SAM 2 Hiera 144x48 (facebook/sam2.1-hiera-large)"
+    assert (rows["rsrefseg2-l"]["image_text_input"], rows["rsrefseg2-l"]["mask_input"]) == (512, 1024)
 
 
 def test_the_demo_is_described_as_trained_with_its_shipped_file_size():

@@ -171,12 +171,14 @@ def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
     assert state["progress"]["step"] == 4 and len(state["rng"]) == 2
 
 
-def test_cached_features_are_what_the_image_encoders_compute_and_follow_their_weights(tmp_path, chips):
-    model = load_model("tiny", device="cpu", dtype="float32")
+@pytest.mark.parametrize("preset", ["tiny", "tiny2"])
+def test_cached_features_are_what_the_image_encoders_compute_and_follow_their_weights(tmp_path, chips, preset):
+    model = load_model(preset, device="cpu", dtype="float32")
     reader = open_dataset("manifest", chips, "train")
     cache = image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
-    assert sorted(set(cache.rows)) == list(range(cache.sam.shape[0]))
-    assert cache.sam.shape[0] < len(reader)  # chips carry several expressions; each image is encoded once
+    n_images = len(next(iter(cache.arrays.values())))
+    assert sorted(set(cache.rows)) == list(range(n_images))
+    assert n_images < len(reader)  # chips carry several expressions; each image is encoded once
 
     picks = [0, 1, len(reader) - 1]
     cached = cache.features(
@@ -184,17 +186,24 @@ def test_cached_features_are_what_the_image_encoders_compute_and_follow_their_we
     )
     with torch.no_grad():
         direct = model.encode_images(torch.stack([image_to_tensor(reader[i].image, (96, 96)) for i in picks]))
-    torch.testing.assert_close(cached.sam, direct.sam, rtol=1e-5, atol=0)
-    torch.testing.assert_close(cached.siglip, direct.siglip, rtol=1e-5, atol=1e-6)
+    assert type(cached) is type(direct) and set(cache.arrays) >= {"sam", "siglip"}
+    for name in cache.arrays:  # every tensor of the features (RSRefSeg 2 adds SAM 2's high-resolution maps)
+        torch.testing.assert_close(getattr(cached, name), getattr(direct, name), rtol=1e-5, atol=1e-6)
     assert (cached.grid, cached.input_shape, cached.valid_shape) == (direct.grid, (96, 96), direct.valid_shape)
 
     written = (tmp_path / "image_features" / "sam.npy").stat().st_mtime_ns
     image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
     assert (tmp_path / "image_features" / "sam.npy").stat().st_mtime_ns == written  # same fingerprint: reused
+    sam_encoder = model.trainable_set.image_encoders[0]  # SAM's (or SAM 2's) vision encoder
+    first = next(
+        p
+        for n, p in model.named_parameters()
+        if n.startswith(sam_encoder) and n.endswith("patch_embed.projection.weight")
+    )
     with torch.no_grad():
-        model.sam.vision_encoder.patch_embed.projection.weight.mul_(2)
+        first.mul_(2)
     rebuilt = image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=4, progress=False)
-    assert not np.array_equal(rebuilt.sam[0], cached.sam[0].numpy())
+    assert not np.array_equal(rebuilt.arrays["sam"][0], cached.sam[0].numpy())
 
 
 def test_training_on_cached_features_follows_training_on_images(tmp_path, chips):
