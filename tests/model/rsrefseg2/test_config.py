@@ -18,7 +18,8 @@ def test_architecture_selects_the_schema():
     assert isinstance(tiny, ModelConfig) and tiny.architecture == "rsrefseg"
     with pytest.raises(ConfigError, match=r"missing required key 'sam2' in model config x\.yaml"):
         parse_model_config({"architecture": "rsrefseg2", "name": "n", "siglip": {}}, source="x.yaml")
-    with pytest.raises(ConfigError, match=r"unknown key 'prompter\.heads' in model config x\.yaml; did you mean 'num_heads'\?"):
+    unknown = r"unknown key 'prompter\.heads' in model config x\.yaml; did you mean 'num_heads'\?"
+    with pytest.raises(ConfigError, match=unknown):
         parse_model_config({**tiny2.model_dump(), "prompter": {"heads": 4}}, source="x.yaml")
 
 
