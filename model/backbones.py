@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,16 +13,20 @@ from transformers.models.sam.modeling_sam import SamVisionAttention
 from rsrs.model.config import SamSpec, SiglipSpec
 from rsrs.model.errors import CheckpointError
 from rsrs.model.sam_convert import load_meta_sam
-from rsrs.model.tokenizer import ByteTokenizer, PretrainedTokenizer, Tokenizer
+from rsrs.model.tokenizer import ByteTokenizer, Padding, PretrainedTokenizer, Tokenizer
 from rsrs.model.torch_files import load_strict
 from rsrs.model.weights import resolve_pretrained
+
+if TYPE_CHECKING:
+    from rsrs.model.rsrefseg2.config import Siglip2Spec
 
 _ATTN = "sdpa"
 
 
-def siglip_config(spec: SiglipSpec) -> SiglipConfig:
-    """SiglipConfig from the spec; the pooled-image head is dropped (RSRefSeg uses patch tokens only)."""
-    vision: dict[str, Any] = {"vision_use_head": False, **spec.vision}
+def siglip_config(spec: SiglipSpec | Siglip2Spec, *, vision_head: bool = False) -> SiglipConfig:
+    """SiglipConfig from the spec; the pooled-image head is dropped unless ``vision_head`` (RSRefSeg uses patch
+    tokens only)."""
+    vision: dict[str, Any] = {"vision_use_head": vision_head, **spec.vision}
     return SiglipConfig(text_config=spec.text, vision_config=vision)
 
 
@@ -35,14 +39,17 @@ def sam_config(spec: SamSpec) -> SamConfig:
     )
 
 
-def build_siglip(spec: SiglipSpec, *, pretrained: bool, weights_root: str | Path | None) -> SiglipModel:
-    """SiglipModel: pretrained weights when asked and configured, else random init (on the current device)."""
+def build_siglip(
+    spec: SiglipSpec | Siglip2Spec, *, pretrained: bool, weights_root: str | Path | None, vision_head: bool = False
+) -> SiglipModel:
+    """SiglipModel (also SigLIP2's fixed-resolution models): pretrained weights when asked and configured, else
+    random init (on the current device); the vision pooling head only with ``vision_head``."""
     if pretrained and spec.pretrained:
         path = resolve_pretrained(spec.pretrained, what="SigLIP", weights_root=weights_root)
         config = SiglipConfig.from_pretrained(str(path))
-        config.vision_config.vision_use_head = False
+        config.vision_config.vision_use_head = vision_head
         return SiglipModel.from_pretrained(str(path), config=config, attn_implementation=_ATTN)
-    return SiglipModel._from_config(siglip_config(spec), attn_implementation=_ATTN)
+    return SiglipModel._from_config(siglip_config(spec, vision_head=vision_head), attn_implementation=_ATTN)
 
 
 def build_sam(spec: SamSpec, *, pretrained: bool, weights_root: str | Path | None) -> SamModel:
@@ -89,11 +96,17 @@ def relative_position_embeddings(q_size: int, k_size: int, rel_pos: torch.Tensor
     return table[(q - k + (k_size - 1) * k_stretch).long()]  # q_size x k_size x C
 
 
-def build_tokenizer(spec: SiglipSpec, *, pretrained: bool, weights_root: str | Path | None) -> Tokenizer:
+def build_tokenizer(
+    spec: SiglipSpec | Siglip2Spec,
+    *,
+    pretrained: bool,
+    weights_root: str | Path | None,
+    padding: Padding = "max_length",
+) -> Tokenizer:
     """The text tokenizer the SigLIP spec asks for; random-init models (``pretrained=False``) use bytes."""
     if spec.tokenizer == "bytes" or not pretrained:
-        return ByteTokenizer(length=spec.text_length)
+        return ByteTokenizer(length=spec.text_length, padding=padding)
     if not spec.pretrained:
         raise CheckpointError("siglip.tokenizer 'pretrained' needs siglip.pretrained (a hub id or directory)")
     path = resolve_pretrained(spec.pretrained, what="SigLIP tokenizer", weights_root=weights_root)
-    return PretrainedTokenizer(path, length=spec.text_length)
+    return PretrainedTokenizer(path, length=spec.text_length, padding=padding)

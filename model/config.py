@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rsrs.model.errors import ConfigError
 
+if TYPE_CHECKING:
+    from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+
 _Schema = TypeVar("_Schema", bound=BaseModel)
+TrainableMode = Literal["lora", "all", "all_but_image_encoders"]
 
 
 class _Strict(BaseModel):
@@ -84,7 +88,7 @@ class ModelConfig(_Strict):
     sam: SamSpec
     prompter: PrompterSpec = Field(default_factory=PrompterSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    trainable: Literal["lora", "all", "all_but_image_encoders"] = Field(
+    trainable: TrainableMode = Field(
         "lora",
         description="'lora': LoRA + prompter + SAM prompt encoder/decoder + SigLIP logit scale/bias (reference); "
         "'all': every parameter (for models trained from random init, such as 'demo'); "
@@ -113,12 +117,18 @@ def validate_config(schema: type[_Schema], data: Any, *, what: str, source: str)
         raise ConfigError(f"invalid {what} {source}: {where}: {first['msg']}") from None
 
 
-def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig:
-    """Validate a config mapping; errors name the source and the field path in one line."""
-    return validate_config(ModelConfig, data, what="model config", source=source)
+def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig | RSRefSeg2Config:
+    """Validate a config mapping against the schema its ``architecture`` names (default 'rsrefseg'); errors name
+    the source and the field path in one line."""
+    schema: type[BaseModel] = ModelConfig
+    if data.get("architecture") == "rsrefseg2":
+        from rsrs.model.rsrefseg2.config import RSRefSeg2Config  # builds on this module, so imported on use
+
+        schema = RSRefSeg2Config
+    return validate_config(schema, data, what="model config", source=source)
 
 
-def load_model_config(path: str | Path) -> ModelConfig:
+def load_model_config(path: str | Path) -> ModelConfig | RSRefSeg2Config:
     """Read a model config YAML file."""
     path = Path(path)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -19,19 +21,33 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
-def sam_pixels(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """SAM input: longest side resized to ``size``, normalised, zero-padded bottom/right to a square.
+def resize_longest(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Longest side resized to ``size`` (bilinear, antialiased), aspect kept.
 
-    images: B x 3 x H x W float in [0, 1] -> (B x 3 x size x size, (h, w) of the resized image inside it)
+    images: B x 3 x H x W float  ->  (B x 3 x h x w, (h, w)) with max(h, w) = size
     """
     B, _, H, W = images.shape
     scale = size / max(H, W)
     h, w = round(H * scale), round(W * scale)
     x = images if (h, w) == (H, W) else F.interpolate(images, size=(h, w), mode="bilinear", antialias=True)
-    # per channel with Python scalars: a tensor of the statistics would be a blocking copy to the GPU per call
-    stats = enumerate(zip(SAM_MEAN, SAM_STD, strict=True))
-    x = torch.cat([(x[:, c : c + 1] - mean) / std for c, (mean, std) in stats], dim=1)
-    return F.pad(x, (0, size - w, 0, size - h)), (h, w)
+    return x, (h, w)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel; images: B x 3 x H x W.
+
+    Per channel with Python scalars: a tensor of the statistics would be a blocking copy to the GPU per call.
+    """
+    return torch.cat([(images[:, c : c + 1] - m) / s for c, (m, s) in enumerate(zip(mean, std, strict=True))], dim=1)
+
+
+def sam_pixels(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM input: longest side resized to ``size``, normalised, zero-padded bottom/right to a square.
+
+    images: B x 3 x H x W float in [0, 1] -> (B x 3 x size x size, (h, w) of the resized image inside it)
+    """
+    x, (h, w) = resize_longest(images, size)
+    return F.pad(normalize(x, SAM_MEAN, SAM_STD), (0, size - w, 0, size - h)), (h, w)
 
 
 def siglip_pixels(images: torch.Tensor, size: int) -> torch.Tensor:

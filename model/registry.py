@@ -17,9 +17,14 @@ from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
 from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
 from rsrs.model.config import ModelConfig, load_model_config, presets_dir
 from rsrs.model.errors import ConfigError
-from rsrs.model.lora import apply_lora, mark_trainable
+from rsrs.model.lora import LORA_TARGETS, apply_lora, mark_trainable
 from rsrs.model.prompter import AttnPrompter
 from rsrs.model.rsrefseg import RSRefSeg
+from rsrs.model.rsrefseg2.build import build_rsrefseg2
+from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+from rsrs.model.rsrefseg2.model import RSRefSeg2
+
+AnyModelConfig = ModelConfig | RSRefSeg2Config
 
 
 def list_models() -> list[str]:
@@ -27,7 +32,7 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def get_model_config(name: str) -> ModelConfig:
+def get_model_config(name: str) -> AnyModelConfig:
     """The config of a shipped preset."""
     path = presets_dir() / f"{name}.yaml"
     if not path.exists():
@@ -37,9 +42,9 @@ def get_model_config(name: str) -> ModelConfig:
     return load_model_config(path)
 
 
-def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Path | None]:
+def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfig, Path | None]:
     """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
-    if isinstance(spec, ModelConfig):
+    if isinstance(spec, ModelConfig | RSRefSeg2Config):
         return spec, None
     path = Path(spec).expanduser()
     if path.suffix == ".safetensors":
@@ -53,7 +58,7 @@ def resolve_model_spec(spec: str | Path | ModelConfig) -> tuple[ModelConfig, Pat
     return get_model_config(str(spec)), None
 
 
-def _shipped_checkpoint(config: ModelConfig) -> Path | None:
+def _shipped_checkpoint(config: AnyModelConfig) -> Path | None:
     return presets_dir() / config.checkpoint if config.checkpoint else None
 
 
@@ -67,32 +72,39 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def build_model(
-    config: ModelConfig,
+    config: AnyModelConfig,
     *,
     device: str | torch.device = "cpu",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg:
-    """Construct RSRefSeg from a config, with LoRA and the trainable set applied (no checkpoint tensors).
+) -> RSRefSeg | RSRefSeg2:
+    """Construct the model a config describes (its ``architecture``), with LoRA and the trainable set applied (no
+    checkpoint tensors).
 
     ``device="meta"`` builds without memory (for shapes and parameter counts); ``pretrained=False`` builds the
     backbones at seeded random init instead of loading their weights.
     """
     device = torch.device(device)
+    build = build_rsrefseg2 if config.architecture == "rsrefseg2" else _build_rsrefseg
     with _seeded(config.init_seed, device), torch.device(device):
-        siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_dir)
-        sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_dir)
-        prompter = AttnPrompter(
-            feature_dim=siglip.config.vision_config.hidden_size,
-            prompt_dim=sam.config.prompt_encoder_config.hidden_size,
-            norm_groups=config.prompter.norm_groups,
-            position_grid=config.prompter.position_grid,
-        )
-        tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_dir)
-        model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
-        apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+        model = build(config, pretrained=pretrained, weights_root=weights_dir)
     mark_trainable(model, mode=config.trainable)
     return model.to(device)
+
+
+def _build_rsrefseg(config: ModelConfig, *, pretrained: bool, weights_root: str | Path | None) -> RSRefSeg:
+    siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_root)
+    sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_root)
+    prompter = AttnPrompter(
+        feature_dim=siglip.config.vision_config.hidden_size,
+        prompt_dim=sam.config.prompt_encoder_config.hidden_size,
+        norm_groups=config.prompter.norm_groups,
+        position_grid=config.prompter.position_grid,
+    )
+    tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_root)
+    model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
+    apply_lora(model, targets=LORA_TARGETS, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+    return model
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -106,13 +118,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_model(
-    spec: str | Path | ModelConfig,
+    spec: str | Path | AnyModelConfig,
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg:
+) -> RSRefSeg | RSRefSeg2:
     """A ready-to-use model in eval mode: preset name, model config path, or checkpoint path.
 
     ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU.

@@ -3,27 +3,33 @@
 The inference API separates the three costs: ``encode_images`` (both image encoders, once per tile),
 ``encode_texts`` (once per job) and ``decode`` (prompter + SAM mask decoder, per tile x query), so Q queries over
 B tiles cost B image encodings and B*Q cheap decodes. ``forward`` is the differentiable training path (one
-query per image); ``predict`` is the inference convenience (eval, no grad, probabilities).
+query per image) and ``loss`` its objective; ``decode`` and ``predict`` (eval, no grad, probabilities) come from
+:class:`~rsrs.model.segmenter.PairwiseSegmenter`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import SamModel, SiglipModel
 
 from rsrs.model.config import ModelConfig
+from rsrs.model.lora import RSREFSEG_TRAINABLE, TrainableSet
+from rsrs.model.losses import LossOutput, bce_dice_loss
 from rsrs.model.outputs import ImageFeatures, MaskOutput, TextFeatures
 from rsrs.model.preprocess import sam_logits_to_input, sam_pixels, siglip_pixels, to_unit_float
 from rsrs.model.prompter import AttnPrompter
+from rsrs.model.segmenter import PairwiseSegmenter
 from rsrs.model.tokenizer import Tokenizer
 
 
-class RSRefSeg(nn.Module):
+class RSRefSeg(PairwiseSegmenter):
     """SigLIP + AttnPrompter + SAM. Build it with :func:`rsrs.model.build_model` or :func:`load_model`."""
+
+    trainable_set: ClassVar[TrainableSet] = RSREFSEG_TRAINABLE
 
     def __init__(
         self,
@@ -91,26 +97,6 @@ class RSRefSeg(nn.Module):
             pooled = self.siglip.text_model.head(tokens[torch.arange(len(texts), device=self.device), eos])
         return TextFeatures(tokens=tokens, valid=valid, pooled=pooled, texts=texts)
 
-    def decode(self, images: ImageFeatures, texts: TextFeatures, *, max_pairs: int = 64) -> MaskOutput:
-        """Masks for every (image, query) combination, decoded in chunks of at most ``max_pairs`` pairs.
-
-        returns logits B x Q x H x W (H, W = the tiles' input size) and activation B x Q x ny x nx
-        """
-        B, Q = len(images), len(texts)
-        image_index = torch.arange(B, device=images.sam.device).repeat_interleave(Q)  # P = B*Q, image-major
-        text_index = torch.arange(Q, device=images.sam.device).repeat(B)
-        logits, activation = [], []
-        for start in range(0, B * Q, max_pairs):
-            chunk = slice(start, start + max_pairs)
-            lg, act = self.decode_pairs(images, texts, image_index[chunk], text_index[chunk])
-            logits.append(lg)
-            activation.append(act)
-        H, W = images.input_shape
-        return MaskOutput(
-            logits=torch.cat(logits).reshape(B, Q, H, W),
-            activation=torch.cat(activation).reshape(B, Q, *images.grid),
-        )
-
     def decode_pairs(
         self, images: ImageFeatures, texts: TextFeatures, image_index: torch.Tensor, text_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,19 +162,8 @@ class RSRefSeg(nn.Module):
         logits, activation = self.decode_pairs(feats, text, index, index)
         return MaskOutput(logits=logits[:, None], activation=activation[:, None])
 
-    @torch.inference_mode()
-    def predict(
-        self, images: torch.Tensor, queries: Sequence[str] | TextFeatures, *, max_pairs: int = 64
-    ) -> torch.Tensor:
-        """Probabilities of every query on every image (eval mode, no grad).
-
-        images: B x 3 x H x W uint8 or float in [0, 1]  ->  B x Q x H x W float32 on the images' device
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            text = queries if isinstance(queries, TextFeatures) else self.encode_texts(queries)
-            out = self.decode(self.encode_images(images), text, max_pairs=max_pairs)
-            return torch.sigmoid(out.logits.float()).to(images.device)
-        finally:
-            self.train(was_training)
+    def loss(
+        self, output: MaskOutput, masks: torch.Tensor, *, bce_weight: float = 5.0, dice_weight: float = 5.0
+    ) -> LossOutput:
+        """``bce_weight * BCE + dice_weight * Dice`` of ``forward``'s logits; masks: B x H x W in {0, 1}."""
+        return bce_dice_loss(output.logits[:, 0], masks, bce_weight=bce_weight, dice_weight=dice_weight)

@@ -1,16 +1,20 @@
-"""Text tokenisation to fixed-length ids plus a mask of real (non-padding) tokens.
+"""Text tokenisation to ids plus a mask of real (non-padding) tokens.
 
 Real presets use SigLIP's own tokenizer, found beside the pretrained weights. Random-init and demo models use
-a byte-level tokenizer that needs no files, so they work on a machine without any download.
+a byte-level tokenizer that needs no files, so they work on a machine without any download. Both pad to a fixed
+``length`` (``padding="max_length"``, RSRefSeg) or to the longest query of the call, truncated at ``length``
+(``padding="longest"``, as RSRefSeg 2's official code tokenizes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
+
+Padding = Literal["max_length", "longest"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class TokenizedText:
 
 
 class Tokenizer(Protocol):
-    """Turns queries into :class:`TokenizedText` of a fixed length."""
+    """Turns queries into :class:`TokenizedText`."""
 
     def __call__(self, texts: list[str]) -> TokenizedText: ...
 
@@ -33,16 +37,18 @@ class ByteTokenizer:
     vocab_size = 259
     pad_id, eos_id, offset = 0, 1, 3
 
-    def __init__(self, *, length: int) -> None:
+    def __init__(self, *, length: int, padding: Padding = "max_length") -> None:
         self.length = length
+        self.padding = padding
 
     def __call__(self, texts: list[str]) -> TokenizedText:
         rows = [
             [b + self.offset for b in text.strip().lower().encode("utf-8")][: self.length - 1] + [self.eos_id]
             for text in texts
         ]
-        ids = torch.full((len(texts), self.length), self.pad_id, dtype=torch.long)  # Q x L
-        valid = torch.zeros((len(texts), self.length), dtype=torch.bool)  # Q x L
+        L = self.length if self.padding == "max_length" else max(len(row) for row in rows)
+        ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)  # Q x L
+        valid = torch.zeros((len(texts), L), dtype=torch.bool)  # Q x L
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
             valid[i, : len(row)] = True
@@ -50,18 +56,19 @@ class ByteTokenizer:
 
 
 class PretrainedTokenizer:
-    """SigLIP's tokenizer, padded to ``max_length`` as the model was trained."""
+    """The pretrained model's tokenizer (SigLIP's, SigLIP2's Gemma), found beside its weights."""
 
-    def __init__(self, path: str | Path, *, length: int) -> None:
+    def __init__(self, path: str | Path, *, length: int, padding: Padding = "max_length") -> None:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.length = length
+        self.padding = padding
 
     def __call__(self, texts: list[str]) -> TokenizedText:
         out = self._tok(
             [t.strip().lower() for t in texts],
-            padding="max_length",
+            padding=self.padding,
             truncation=True,
             max_length=self.length,
             return_attention_mask=True,

@@ -26,9 +26,18 @@ class PresetSummary:
         return self.trainable_params * 4 / 1e6
 
 
-def _backbone(kind: str, vision: object, pretrained: str | None) -> str:
-    width, depth = vision.hidden_size, vision.num_hidden_layers
+def _backbone(kind: str, width: int, depth: int, pretrained: str | None) -> str:
     return f"{kind} {width}x{depth}" + (f" ({pretrained})" if pretrained else " (random init)")
+
+
+def _mask_backbone(model: object) -> str:
+    """SAM ViT (RSRefSeg) or SAM 2 Hiera (RSRefSeg 2): width x depth and where its weights come from."""
+    cfg = model.config
+    if cfg.architecture == "rsrefseg2":
+        hiera = model.sam2.config.vision_config.backbone_config
+        return _backbone("SAM 2 Hiera", hiera.hidden_size, sum(hiera.blocks_per_stage), cfg.sam2.pretrained)
+    vision = model.sam.config.vision_config
+    return _backbone("SAM ViT", vision.hidden_size, vision.num_hidden_layers, cfg.sam.pretrained)
 
 
 def summarize_preset(name: str) -> PresetSummary:
@@ -37,11 +46,12 @@ def summarize_preset(name: str) -> PresetSummary:
 
     model = load_model(name, device="meta")
     cfg = model.config
+    siglip = model.siglip.config.vision_config
     return PresetSummary(
         name=name,
         description=cfg.description,
-        siglip=_backbone("SigLIP", model.siglip.config.vision_config, cfg.siglip.pretrained),
-        sam=_backbone("SAM ViT", model.sam.config.vision_config, cfg.sam.pretrained),
+        siglip=_backbone("SigLIP", siglip.hidden_size, siglip.num_hidden_layers, cfg.siglip.pretrained),
+        sam=_mask_backbone(model),
         siglip_input=model.siglip_image_size,
         sam_input=model.sam_image_size,
         total_params=sum(p.numel() for p in model.parameters()),

@@ -31,7 +31,6 @@ from rsrs.model import load_model, save_checkpoint
 from rsrs.model.checkpoint import apply_checkpoint, checkpoint_names
 from rsrs.model.errors import ConfigError
 from rsrs.model.lora import image_encoders_frozen, mark_trainable
-from rsrs.model.losses import bce_dice_loss
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.workflows.evaluate import model_predictor, score_dataset
 from rsrs.workflows.feature_cache import FeatureCache, image_feature_cache
@@ -241,8 +240,8 @@ def train(
                 images = inputs.to(device)
             masks = masks.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = net(images, list(sentences)).logits[:, 0]  # B x H x W
-            loss = bce_dice_loss(logits, masks, bce_weight=config.loss.bce_weight, dice_weight=config.loss.dice_weight)
+                output = net(images, list(sentences))  # logits B x 1 x H x W, and what the loss needs
+            loss = model.loss(output, masks, bce_weight=config.loss.bce_weight, dice_weight=config.loss.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             if config.optim.grad_clip:
@@ -263,8 +262,7 @@ def train(
                         "kind": "train",
                         "step": state.step,
                         "loss": loss.total.item(),
-                        "bce": loss.bce.item(),
-                        "dice": loss.dice.item(),
+                        **{name: term.item() for name, term in loss.terms.items()},
                         "lr": scheduler.get_last_lr()[0],
                         "samples_per_s": window_samples / max(elapsed, 1e-9),
                         "world_size": ddp.world,

@@ -17,5 +17,5 @@ def test_bce_dice_weights_the_two_parts():
     logits = torch.tensor([[[0.0, 0.0]]])
     target = torch.tensor([[[1.0, 0.0]]])
     out = bce_dice_loss(logits, target, bce_weight=2.0, dice_weight=3.0)
-    torch.testing.assert_close(out.bce, torch.tensor(math.log(2)))
-    torch.testing.assert_close(out.total, 2.0 * out.bce + 3.0 * out.dice)
+    torch.testing.assert_close(out.terms["bce"], torch.tensor(math.log(2)))
+    torch.testing.assert_close(out.total, 2.0 * out.terms["bce"] + 3.0 * out.terms["dice"])
