@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import Sam2Model
 
+from rsrs.model import get_model_config
 from rsrs.model.errors import CheckpointError
+from rsrs.model.rsrefseg2.backbones import build_sam2
 from rsrs.model.rsrefseg2.sam2_convert import POS, apply_meta_sam2, hf_to_meta, meta_to_hf
 from tests.model.rsrefseg2.meta_sam2 import HIERA, TOY, TOY_HEAD, VIDEO_ONLY, hf_config, meta_sam2_layout, to_meta
 
@@ -92,3 +94,29 @@ def test_files_that_are_not_sam2_are_refused(tmp_path, content, message):
         torch.save(content, path)
     with pytest.raises(CheckpointError, match=message):
         apply_meta_sam2(_toy_model(0), path)
+
+
+def test_sam2_pretrained_may_be_meta_file(tmp_path):
+    """``sam2.pretrained: /path/sam2.1_hiera_*.pt`` in a model config loads Meta's file as the SAM 2 base."""
+    spec = get_model_config("tiny2").sam2
+    backbone = spec.vision["backbone_config"]
+    hiera = (
+        backbone["hidden_size"],
+        backbone["num_attention_heads_per_stage"][0],
+        tuple(backbone["blocks_per_stage"]),
+        tuple(backbone["global_attention_blocks"]),
+        tuple(backbone["window_positional_embedding_background_size"]),
+        tuple(backbone["window_size_per_stage"]),
+    )
+    decoder = spec.mask_decoder
+    layout = meta_sam2_layout(
+        hiera, hidden=decoder["hidden_size"], mlp=decoder["mlp_dim"], iou_hidden=decoder["iou_head_hidden_dim"]
+    )
+    g = torch.Generator().manual_seed(5)
+    meta = {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
+    path = tmp_path / "sam2.1_hiera_tiny2.pt"
+    torch.save({"model": meta}, path)
+    sam2 = build_sam2(spec.model_copy(update={"pretrained": str(path)}), pretrained=True, weights_root=None)
+    loaded = to_meta(sam2.state_dict())
+    assert loaded.keys() == meta.keys()
+    assert all(torch.equal(loaded[k], meta[k]) for k in meta)
