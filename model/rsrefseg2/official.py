@@ -133,11 +133,10 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
     obj = read_torch_file(path)
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else {}
     keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
-    if not any(k.startswith("prompter.") for k in keys) or not any(
-        k.startswith(SAM2 + "sam_mask_decoder.") for k in keys
-    ):
-        sam1 = any(k.startswith(SAM2 + "mask_decoder.") for k in keys)
-        kind = "an RSRefSeg 1 checkpoint" if sam1 else f"found {keys[0]!r}" if keys else f"a {type(obj).__name__}"
+    decoder2, decoder1 = SAM2 + "sam_mask_decoder.", SAM2 + "mask_decoder."  # RSRefSeg 2 (Meta SAM 2), 1 (SamModel)
+    has = {p: any(k.startswith(p) for k in keys) for p in ("prompter.", decoder2, decoder1)}
+    if not (has["prompter."] and has[decoder2]):
+        kind = "an RSRefSeg 1 checkpoint" if has[decoder1] else f"found {keys[0]!r}" if keys else "no state dict"
         raise CheckpointError(
             f"{path} is not an RSRefSeg 2 checkpoint ({kind}); give one of KyanChen/RSRefSeg2's files "
             "(rrsisd.pth, refsegrs.pth, risbench.pth)"
@@ -183,7 +182,7 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> OfficialLoad
     claimed = {name for names in table.values() for name in names}
     for key in state:
         if key not in claimed and key not in UNUSED:
-            raise CheckpointError(f"{path}: key '{key}' has no place in this model; is the preset rsrefseg2-l?")
+            raise CheckpointError(f"{path}: key '{key}' has no place in this model; is the preset {PRESET}?")
     values, from_base = {}, []
     for key, names in table.items():
         present = [n for n in names if n in state]
@@ -199,7 +198,7 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> OfficialLoad
         if value.shape != ours[key].shape:
             raise CheckpointError(
                 f"{path}: '{names[0]}' has shape {tuple(value.shape)}, the model expects {tuple(ours[key].shape)}; "
-                "is the preset rsrefseg2-l?"
+                f"is the preset {PRESET}?"
             )
         values[key] = value
     with torch.no_grad():

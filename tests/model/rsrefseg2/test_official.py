@@ -31,9 +31,7 @@ def _tiny2(seed: int):
 
 def _random(layout: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        k: torch.randn(shape, generator=g) if shape else torch.randn((), generator=g) for k, shape in layout.items()
-    }
+    return {k: torch.randn(shape, generator=g) for k, shape in layout.items()}
 
 
 def _save(tmp_path, state, name="rrsisd.pth", **extra):
