@@ -14,6 +14,7 @@ from rsrs.core.errors import CheckpointError
 from rsrs.model.config import SamSpec, SiglipSpec
 from rsrs.model.sam_convert import load_meta_sam
 from rsrs.model.tokenizer import ByteTokenizer, Padding, PretrainedTokenizer, Tokenizer
+from rsrs.model.torch_files import load_strict
 from rsrs.model.weights import resolve_pretrained
 
 if TYPE_CHECKING:
@@ -61,14 +62,8 @@ def _load_sam(spec: SamSpec, *, pretrained: bool, weights_root: str | Path | Non
         path = resolve_pretrained(spec.pretrained, what="SAM", weights_root=weights_root)
         if path.is_file():  # Meta's original checkpoint
             model = SamModel._from_config(sam_config(spec), attn_implementation=_ATTN)
-            try:
-                model.load_state_dict(load_meta_sam(path), strict=True)
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[1:2] or [str(err)]
-                raise CheckpointError(
-                    f"SAM checkpoint {path} does not fit the preset's SAM config ({first[0].strip()}); "
-                    "use the preset of the same size (vit_b: rsrefseg-b, vit_l: rsrefseg-l)"
-                ) from None
+            hint = "use the preset of the same size (vit_b: rsrefseg-b, vit_l: rsrefseg-l)"
+            load_strict(model, load_meta_sam(path), path=path, hint=hint)
             return model
         return SamModel.from_pretrained(str(path), attn_implementation=_ATTN)
     return SamModel._from_config(sam_config(spec), attn_implementation=_ATTN)

@@ -23,6 +23,8 @@ from rsrs.model.rsrefseg import RSRefSeg
 from rsrs.model.rsrefseg2.build import build_rsrefseg2
 from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 from rsrs.model.rsrefseg2.model import RSRefSeg2
+from rsrs.model.rsrefseg2.official import SUFFIXES as OFFICIAL_SUFFIXES
+from rsrs.model.rsrefseg2.official import load_official_checkpoint, official_preset
 from rsrs.model.tokenizer import check_query_lengths as check_lengths
 
 AnyModelConfig = ModelConfig | RSRefSeg2Config
@@ -33,6 +35,8 @@ def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfi
     if isinstance(spec, ModelConfig | RSRefSeg2Config):
         return spec, None
     path = Path(spec).expanduser()
+    if path.suffix in OFFICIAL_SUFFIXES:  # a released RSRefSeg 2 file (KyanChen/RSRefSeg2: rrsisd.pth, ...)
+        return get_model_config(official_preset(path)), path
     if path.suffix == ".safetensors":
         if not path.exists():
             raise ConfigError(f"checkpoint {path} does not exist; check the path (relative to {Path.cwd()})")
@@ -45,7 +49,7 @@ def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfi
         kind = f"a {path.suffix} file" if path.suffix else "a folder or a file without a suffix"
         raise ConfigError(
             f"model {spec} is {kind}; give a preset name (see `rsrs models`), a model config .yaml, "
-            "or a checkpoint .safetensors written by `rsrs train`"
+            "a checkpoint .safetensors written by `rsrs train`, or a released RSRefSeg 2 .pth"
         )
     return get_model_config(str(spec)), None
 
@@ -139,7 +143,7 @@ def load_model(
     model = build_model(config, device="cpu", pretrained=pretrained, weights_dir=weights_dir)
     for path in (_shipped_checkpoint(config), checkpoint):
         if path is not None:
-            apply_checkpoint(model, path)
+            (load_official_checkpoint if path.suffix in OFFICIAL_SUFFIXES else apply_checkpoint)(model, path)
     if dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):

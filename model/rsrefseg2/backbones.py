@@ -11,8 +11,8 @@ from pathlib import Path
 
 from transformers import Sam2Config, Sam2Model
 
-from rsrs.core.errors import CheckpointError
 from rsrs.model.rsrefseg2.config import Sam2Spec
+from rsrs.model.rsrefseg2.sam2_convert import apply_meta_sam2
 from rsrs.model.weights import resolve_pretrained
 
 _ATTN = "sdpa"
@@ -31,13 +31,13 @@ def sam2_config(spec: Sam2Spec) -> Sam2Config:
 
 
 def build_sam2(spec: Sam2Spec, *, pretrained: bool, weights_root: str | Path | None) -> Sam2Model:
-    """Sam2Model from a transformers directory (or hub id in the local cache), or at random init."""
+    """Sam2Model from a transformers directory (or hub id in the local cache), Meta's ``sam2.1_hiera_*.pt``, or at
+    random init."""
     if pretrained and spec.pretrained:
         path = resolve_pretrained(spec.pretrained, what="SAM 2", weights_root=weights_root)
-        if path.is_file():
-            raise CheckpointError(
-                f"SAM 2 weights {path} are a single file; point sam2.pretrained at a transformers Sam2Model "
-                "directory (config.json + model.safetensors)"
-            )
+        if path.is_file():  # Meta's original checkpoint (sam2.1_hiera_large.pt)
+            model = Sam2Model._from_config(sam2_config(spec), attn_implementation=_ATTN)
+            apply_meta_sam2(model, path)
+            return model
         return Sam2Model.from_pretrained(str(path), attn_implementation=_ATTN)
     return Sam2Model._from_config(sam2_config(spec), attn_implementation=_ATTN)
