@@ -42,13 +42,13 @@ def timed(fn: Callable[[], object], *, warmup: int = 2, iters: int = 5) -> float
     return (time.perf_counter() - start) / iters
 
 
-def write_result(name: str, result: dict) -> None:
-    """Print the result and write it to $OUT (device runs) and benchmarks/results/."""
+def write_result(name: str, result: dict, *, folder: Path | None = None) -> None:
+    """Print the result and write it to $OUT (device runs) and ``folder`` (default benchmarks/results/)."""
     text = json.dumps(result, indent=2)
     print(text)
-    for folder in filter(None, [os.environ.get("OUT"), str(Path(__file__).parent / "results")]):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"{name}.json").write_text(text + "\n")
+    for where in filter(None, [os.environ.get("OUT"), str(folder or Path(__file__).parent / "results")]):
+        Path(where).mkdir(parents=True, exist_ok=True)
+        (Path(where) / f"{name}.json").write_text(text + "\n")
 
 
 @contextmanager

@@ -1,7 +1,8 @@
-"""RSRefSeg-b at real size (random init, bf16 weights): encode_images tiles/s, decode cost per query, memory.
+"""A real-size preset (random init, bf16 weights): encode_images tiles/s, decode cost per query, memory.
 
-Run on the GPU machine:  python benchmarks/model_speed.py [--compile]
-Prints one JSON document (also written to benchmarks/results/model_speed.json) naming the device.
+Run on the GPU machine, from the repository root:
+    python -m benchmarks.model_speed [--preset rsrefseg-b] [--batches 8,32] [--compile] [--name model_speed]
+Prints one JSON document (also written to benchmarks/results/NAME.json) naming the device.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import time
 import torch
 
 from benchmarks._common import device_info, timed, write_result
-from rsrs.model import load_model, save_checkpoint
+from rsrs.model import accelerate, load_model, save_checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="rsrefseg-b")
+    parser.add_argument("--batches", default="8,32", help="encode_images batch sizes to time")
+    parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd image encoders")
+    parser.add_argument("--name", default="model_speed", help="result file name under benchmarks/results/")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    tile = args.tile_size
     result: dict = {"preset": args.preset, **device_info(), "weights": "random init, bf16"}
 
     t0 = time.perf_counter()
@@ -34,17 +40,17 @@ def main() -> None:
         result["finetune_checkpoint_dtype"] = "bfloat16 (weights as held; float32 training doubles it)"
 
     def encode_rate(batch: int) -> float:
-        tiles = torch.randint(0, 256, (batch, 3, 1024, 1024), dtype=torch.uint8, device="cuda")
+        tiles = torch.randint(0, 256, (batch, 3, tile, tile), dtype=torch.uint8, device="cuda")
         with torch.inference_mode():
             seconds = timed(lambda: model.encode_images(tiles), warmup=2, iters=5)
         return batch / seconds
 
     torch.cuda.reset_peak_memory_stats()
-    result["encode_images_tiles_per_s"] = {str(b): round(encode_rate(b), 1) for b in (8, 32)}
-    result["encode_images_peak_gib_batch32"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    result["encode_images_tiles_per_s"] = {str(b): round(encode_rate(b), 1) for b in batches}
+    result[f"encode_images_peak_gib_batch{max(batches)}"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
     # Decode cost: B=8 tiles, Q queries; the slope over Q is the marginal time of one more query.
-    tiles = torch.randint(0, 256, (8, 3, 1024, 1024), dtype=torch.uint8, device="cuda")
+    tiles = torch.randint(0, 256, (8, 3, tile, tile), dtype=torch.uint8, device="cuda")
     with torch.inference_mode():
         feats = model.encode_images(tiles)
         decode_ms = {}
@@ -65,13 +71,12 @@ def main() -> None:
     result["peak_gib_overall"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
     if args.compile:
-        model.sam.vision_encoder = torch.compile(model.sam.vision_encoder)
-        model.siglip.vision_model = torch.compile(model.siglip.vision_model)
+        accelerate(model, compile=True, fused_attention=False)  # both image encoders, stock attention
         t0 = time.perf_counter()
-        encode_rate(32)
+        encode_rate(max(batches))
         result["compile_first_call_seconds"] = round(time.perf_counter() - t0, 1)
-        result["compiled_encode_images_tiles_per_s"] = {str(b): round(encode_rate(b), 1) for b in (32, 64)}
-    write_result("model_speed", result)
+        result["compiled_encode_images_tiles_per_s"] = {str(b): round(encode_rate(b), 1) for b in batches}
+    write_result(args.name, result)
 
 
 if __name__ == "__main__":

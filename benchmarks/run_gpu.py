@@ -36,9 +36,10 @@ QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest fi
 def random_init_config(preset: str, folder: Path) -> Path:
     """The preset's model config with pretrained weights switched off (no hub on the GPU machine)."""
     config = get_model_config(preset).model_copy(deep=True)
-    config.siglip.pretrained = None
+    for backbone in ("siglip", "sam", "sam2"):  # the image/text model, and SAM (rsrefseg) or SAM 2 (rsrefseg2)
+        if hasattr(config, backbone):
+            getattr(config, backbone).pretrained = None
     config.siglip.tokenizer = "bytes"
-    config.sam.pretrained = None
     path = folder / f"{preset}-random.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     return path

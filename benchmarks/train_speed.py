@@ -2,7 +2,7 @@
 
 The step is the one `rsrs train` runs: bf16 autocast forward, BCE + Dice on full-resolution logits, backward,
 gradient clipping, AdamW over the trained parameters. Run on the GPU machine:
-    python benchmarks/train_speed.py [--preset rsrefseg-b] [--batch 8] [--size 512]
+    python -m benchmarks.train_speed [--preset rsrefseg-b] [--batch 8] [--size 512]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ of the two AttnPrompter activation maps, and the cosine of the two pooled text f
 that cannot read the distinguishing words (text cosine near 1) from one that reads them but cannot place them.
 
 Run from the repository root (CPU is fine for the demo model):
-    python -m benchmarks.demo_pairs [--model demo] [--chips 300] [--seed 11] [--name demo_pairs]
+    python -m demo_training.pairs [--model demo] [--chips 300] [--seed 11] [--name demo_pairs]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo", help="preset, model config or checkpoint")
     parser.add_argument("--chips", type=int, default=300)
     parser.add_argument("--seed", type=int, default=11, help="synth seed (the demo trained on seeds 0 and 1)")
-    parser.add_argument("--name", default="demo_pairs", help="result file name under benchmarks/results/")
+    parser.add_argument("--name", default="demo_pairs", help="result file name under demo_training/logs/")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu").eval()
     rows: dict[str, list[tuple[float, ...]]] = defaultdict(list)
@@ -88,7 +88,7 @@ def main() -> None:
         result["by_forms"][form] = {"pairs": len(values)} | {
             n: round(float(m), 3) for n, m in zip(names, means, strict=True)
         }
-    write_result(args.name, result)
+    write_result(args.name, result, folder=Path(__file__).parent / "logs")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Applies an earlier stage's weights to the current `demo` preset's architecture; 
 lacks keep their initial values (stage 6's position map: zeros, so the new model starts with stage 5's output,
 which the script checks). ``rsrs train`` then starts from the file through ``model.init_checkpoint``.
 
-Stage 6 (configs/train/demo-stage6.yaml), from the repository root:
+Stage 6 (demo_training/stages/demo-stage6.yaml), from the repository root:
     git show 48c1720:configs/models/demo.safetensors > runs/stage5.safetensors
-    python -m benchmarks.demo_start_checkpoint runs/stage5.safetensors runs/demo-stage6/start.safetensors
+    python -m demo_training.start_checkpoint runs/stage5.safetensors runs/demo-stage6/start.safetensors
 """
 
 from __future__ import annotations
