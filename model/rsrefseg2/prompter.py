@@ -173,6 +173,60 @@ class CascadedPrompter(nn.Module):
         refined: P x C x ny x nx; pooled: P x C  ->  P x 1 x m x m
         """
         x = self.dense_prompt_conv(refined)  # P x C x ny x nx
-        x = F.interpolate(x, size=mask_size, mode="bilinear", align_corners=True)  # P x C x m x m
-        cos = torch.einsum("pchw,pc->phw", F.normalize(x, dim=1), F.normalize(pooled, dim=1))  # P x m x m
+        cos = upsampled_cosine(x, pooled, size=mask_size)  # P x m x m
         return (cos * logit_scale.exp() + logit_bias)[:, None]
+
+
+def upsampled_cosine(x: torch.Tensor, t: torch.Tensor, *, size: tuple[int, int], eps: float = 1e-12) -> torch.Tensor:
+    """The cosine between a bilinearly upsampled feature map (corners aligned) and a vector, at every output pixel,
+    without upsampling the C channels.
+
+    Exactly ``cos(interpolate(x, size), t)``: the dot product commutes with interpolation, so its numerator is the
+    upsampled 1-channel map x.t; the squared norm of a bilinear mix of four neighbouring patches is the quadratic
+    form of its weights with the neighbours' Gram matrix, built from six small maps of patch dot products. At real
+    size (1152 channels, 32 x 32 -> 256 x 256) the direct way holds 75M values per pair (over torch's 2^31-element
+    limit at 32 pairs); this holds a few thousand. Computed in float32 whatever the input dtype.
+
+    x: P x C x ny x nx; t: P x C  ->  P x m x m (float32)
+    """
+    x = x.float()
+    t = F.normalize(t.float(), dim=1, eps=eps)
+    P, C, ny, nx = x.shape
+    (y0, y1, wy), (x0, x1, wx) = _bilinear_taps(ny, size[0], x.device), _bilinear_taps(nx, size[1], x.device)
+    dot = torch.einsum("pchw,pc->phw", x, t)  # P x ny x nx
+    num = F.interpolate(dot[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]  # P x m x m
+
+    def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(dim=1)  # dot products of patches along C
+
+    # each P x ny x nx, zero-padded past the last row/column (where a neighbour's weight is zero anyway)
+    grams = {
+        "sq": pair(x, x),  # |x|^2
+        "h": F.pad(pair(x[..., :-1], x[..., 1:]), (0, 1)),  # with the right neighbour
+        "v": F.pad(pair(x[:, :, :-1], x[:, :, 1:]), (0, 0, 0, 1)),  # with the lower neighbour
+        "d": F.pad(pair(x[:, :, :-1, :-1], x[:, :, 1:, 1:]), (0, 1, 0, 1)),  # with the lower right one
+        "a": F.pad(pair(x[:, :, :-1, 1:], x[:, :, 1:, :-1]), (0, 1, 0, 1)),  # right neighbour with lower one
+    }
+
+    def at(name: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return grams[name][:, rows[:, None], cols[None, :]]  # P x m x m
+
+    a, b = (1 - wy)[:, None], wy[:, None]  # m x 1: weights of rows y0, y1
+    c, d = (1 - wx)[None, :], wx[None, :]  # 1 x m: weights of columns x0, x1
+    w00, w01, w10, w11 = a * c, a * d, b * c, b * d  # m x m
+    norm2 = (
+        w00**2 * at("sq", y0, x0) + w01**2 * at("sq", y0, x1) + w10**2 * at("sq", y1, x0) + w11**2 * at("sq", y1, x1)
+        + 2 * (w00 * w01 * at("h", y0, x0) + w10 * w11 * at("h", y1, x0) + w00 * w10 * at("v", y0, x0)
+               + w01 * w11 * at("v", y0, x1) + w00 * w11 * at("d", y0, x0) + w01 * w10 * at("a", y0, x0))
+    )  # fmt: skip
+    return num / norm2.clamp(min=0).sqrt().clamp(min=eps)
+
+
+def _bilinear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of ``n_out`` positions of a corners-aligned bilinear resize: the two input indices and the weight
+    of the second (torch's own source-index formula)."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = torch.arange(n_out, device=device, dtype=torch.float32) * scale
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo, hi, src - lo

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from rsrs.core.errors import ConfigError
 from rsrs.model.rsrefseg2.blocks import OperationBlock, parse_operation
 from rsrs.model.rsrefseg2.config import PROMPT_OPERATIONS, QUERY_OPERATIONS
-from rsrs.model.rsrefseg2.prompter import CascadedPrompter
+from rsrs.model.rsrefseg2.prompter import CascadedPrompter, upsampled_cosine
 
 HEADS = 2
 
@@ -171,3 +171,17 @@ def test_unknown_or_repeated_operations_are_config_errors():
         parse_operation("attend_everything")
     with pytest.raises(ConfigError, match="must not repeat"):
         OperationBlock(["norm_img_1", "norm_img_1"], dims={"img": 4}, num_heads=2, mlp_dim=4, internal_dim=4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((3, 8, 5, 7), (16, 16)), ((2, 16, 32, 32), (256, 256)), ((2, 4, 1, 3), (4, 9)), ((1, 3, 2, 2), (1, 1))],
+)
+def test_dense_cosine_equals_the_cosine_of_the_upsampled_channels(shape, size):
+    """The dense prompt's cosine, computed without upsampling the channels, equals upsampling them (float64)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, dtype=torch.float64, generator=g)
+    t = torch.randn(shape[:2], dtype=torch.float64, generator=g)
+    up = F.interpolate(x, size=size, mode="bilinear", align_corners=True)  # P x C x m x m: the direct way
+    direct = torch.einsum("pchw,pc->phw", F.normalize(up, dim=1), F.normalize(t, dim=1))
+    torch.testing.assert_close(upsampled_cosine(x, t, size=size).double(), direct, rtol=0, atol=1e-5)
