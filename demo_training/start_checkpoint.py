@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from rsrs.model import get_model_config, load_model
 from rsrs.model.checkpoint import read_checkpoint_config, save_checkpoint
-from rsrs.model.config import ModelConfig
 from rsrs.model.registry import build_model
+from rsrs.model.rsrefseg.config import RSRefSegConfig
 
 
-def built_with(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, list[str]]:
+def built_with(config: RSRefSegConfig, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, list[str]]:
     """The model of ``config`` at init with ``tensors`` applied, and the names of the parameters they lack."""
     model = build_model(config.model_copy(update={"checkpoint": None}), device="cpu")
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)

@@ -13,7 +13,9 @@ from importlib import import_module
 _EXPORTS = {
     "accelerate": "rsrs.model.acceleration",
     "save_checkpoint": "rsrs.model.checkpoint",
-    "ModelConfig": "rsrs.model.config",
+    "AnyModelConfig": "rsrs.model.registry",
+    "RSRefSegConfig": "rsrs.model.rsrefseg.config",
+    "RSRefSeg2Config": "rsrs.model.rsrefseg2.config",
     "ImageFeatures": "rsrs.model.outputs",
     "MaskOutput": "rsrs.model.outputs",
     "TextFeatures": "rsrs.model.outputs",
@@ -25,7 +27,7 @@ _EXPORTS = {
     "list_models": "rsrs.model.config",
     "load_model": "rsrs.model.registry",
     "resolve_model_spec": "rsrs.model.registry",
-    "RSRefSeg": "rsrs.model.rsrefseg",
+    "RSRefSeg": "rsrs.model.rsrefseg.model",
     "RSRefSeg2": "rsrs.model.rsrefseg2.model",
 }
 __all__ = sorted(_EXPORTS)

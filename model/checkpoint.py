@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -17,7 +18,10 @@ from torch import nn
 
 from rsrs.core.errors import CheckpointError
 from rsrs.core.files import atomic_path
-from rsrs.model.config import ModelConfig, parse_model_config
+from rsrs.model.config import parse_model_config
+
+if TYPE_CHECKING:
+    from rsrs.model.registry import AnyModelConfig
 
 CONFIG_KEY = "rsrs_model_config"
 FORMAT_KEY = "rsrs_checkpoint_format"
@@ -44,7 +48,7 @@ def checkpoint_names(path: str | Path) -> list[str]:
         return list(f.keys())
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig, also: Collection[str] = ()) -> Path:
+def save_checkpoint(model: nn.Module, path: str | Path, *, config: AnyModelConfig, also: Collection[str] = ()) -> Path:
     """Write the trained parameters and ``config`` atomically to ``path`` (a .safetensors file).
 
     ``also`` names frozen parameters to store as well: those the config cannot rebuild, such as weights a run
@@ -59,7 +63,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, config: ModelConfig, 
     return path
 
 
-def read_checkpoint_config(path: str | Path) -> ModelConfig:
+def read_checkpoint_config(path: str | Path) -> AnyModelConfig:
     """The model config stored in a checkpoint."""
     try:
         with safe_open(str(path), framework="pt") as f:

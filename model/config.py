@@ -1,8 +1,10 @@
-"""The model configuration: one pydantic document per preset, validated once and handed to the builders.
+"""Model configurations: one pydantic document per preset, validated once and handed to the builders.
 
-A config says which backbones to build (their transformers config kwargs, so real-size models can be built at
-random init without a hub), where their pretrained weights come from, and how LoRA and training apply.
-Configs stop at the builder functions (STYLE rule 2): modules receive plain keyword arguments.
+A config says which architecture to build (``architecture``: each has its schema in its folder, e.g.
+:mod:`rsrs.model.rsrefseg.config`), which backbones (their transformers config kwargs, so real-size models can be
+built at random init without a hub), where their pretrained weights come from, and how LoRA and training apply.
+Configs stop at the builder functions (STYLE rule 2): modules receive plain keyword arguments. This module holds
+what every architecture shares (LoRA, the trained sets) and the presets shipped in configs/models/.
 """
 
 from __future__ import annotations
@@ -17,52 +19,12 @@ from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 if TYPE_CHECKING:
+    from rsrs.model.rsrefseg.config import RSRefSegConfig
     from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 
+    AnyModelConfig = RSRefSegConfig | RSRefSeg2Config
+
 TrainableMode = Literal["lora", "all", "all_but_image_encoders"]
-
-
-class SiglipSpec(StrictModel):
-    """SigLIP (image + text) backbone: its transformers config and where its weights come from."""
-
-    pretrained: str | None = Field(
-        None, description="hub id or local directory of a SiglipModel; None builds at random init"
-    )
-    vision: dict[str, Any] = Field(default_factory=dict, description="SiglipVisionConfig kwargs")
-    text: dict[str, Any] = Field(default_factory=dict, description="SiglipTextConfig kwargs")
-    tokenizer: Literal["pretrained", "bytes"] = Field(
-        "pretrained",
-        description="'pretrained' loads SigLIP's tokenizer beside the weights; 'bytes' is UTF-8 bytes",
-    )
-    text_length: int = Field(64, gt=1, description="tokens per query after padding (SigLIP's position limit)")
-    text_pooling: Literal["last", "eos"] = Field(
-        "last",
-        description="'last': SigLIP's own pooled feature, the last position (padding, attending to every token), "
-        "as pretrained SigLIP was trained; 'eos': the end-of-text token, padding masked out of attention "
-        "(for text encoders trained from random init, where padding dilutes the pooled feature)",
-    )
-
-
-class SamSpec(StrictModel):
-    """SAM backbone: transformers SamConfig parts and a hub id, local directory or Meta .pth checkpoint."""
-
-    pretrained: str | None = None
-    vision: dict[str, Any] = Field(default_factory=dict, description="SamVisionConfig kwargs")
-    prompt_encoder: dict[str, Any] = Field(default_factory=dict, description="SamPromptEncoderConfig kwargs")
-    mask_decoder: dict[str, Any] = Field(default_factory=dict, description="SamMaskDecoderConfig kwargs")
-
-
-class PrompterSpec(StrictModel):
-    """AttnPrompter settings (paper eq. 3-4); channel width follows SAM's prompt dimension."""
-
-    norm_groups: int = Field(32, gt=0, description="GroupNorm groups (works at batch size 1 and under DDP)")
-    position_grid: int = Field(
-        0,
-        ge=0,
-        description="side of a coarse map, read from the pooled query, added to each patch's activation logit "
-        "(0: off, the paper's prompter). Not in the paper: there the query weighs a patch only by what it shows, "
-        "so 'the leftmost building' and 'the rightmost building' light up the same buildings",
-    )
 
 
 class LoraSpec(StrictModel):
@@ -71,29 +33,6 @@ class LoraSpec(StrictModel):
     r: int = Field(16, ge=0)
     alpha: float = 16.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-class ModelConfig(StrictModel):
-    """Everything needed to rebuild one RSRefSeg model; stored inside every checkpoint."""
-
-    name: str
-    description: str = ""
-    architecture: Literal["rsrefseg"] = "rsrefseg"
-    siglip: SiglipSpec
-    sam: SamSpec
-    prompter: PrompterSpec = Field(default_factory=PrompterSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    trainable: TrainableMode = Field(
-        "lora",
-        description="'lora': LoRA + prompter + SAM prompt encoder/decoder + SigLIP logit scale/bias (reference); "
-        "'all': every parameter (for models trained from random init, such as 'demo'); "
-        "'all_but_image_encoders': 'all' with both image encoders frozen (their features can then be cached)",
-    )
-    init_seed: int = Field(0, description="seed for random-init weights, so a rebuilt base equals the trained one")
-    checkpoint: str | None = Field(
-        None,
-        description="trained weights applied after building (a preset's shipped file, relative to configs/)",
-    )
 
 
 def presets_dir() -> Path:
@@ -106,7 +45,7 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def get_model_config(name: str) -> ModelConfig | RSRefSeg2Config:
+def get_model_config(name: str) -> AnyModelConfig:
     """The config of a shipped preset."""
     path = presets_dir() / f"{name}.yaml"
     if not path.exists():
@@ -116,17 +55,16 @@ def get_model_config(name: str) -> ModelConfig | RSRefSeg2Config:
     return load_model_config(path)
 
 
-def parse_model_config(data: dict[str, Any], *, source: str) -> ModelConfig | RSRefSeg2Config:
+def parse_model_config(data: dict[str, Any], *, source: str) -> AnyModelConfig:
     """Validate a config mapping against the schema its ``architecture`` names (default 'rsrefseg'); errors name
     the source and the key in one line."""
-    schema: type[StrictModel] = ModelConfig
-    if data.get("architecture") == "rsrefseg2":
-        from rsrs.model.rsrefseg2.config import RSRefSeg2Config  # builds on this module, so imported on use
+    from rsrs.model.rsrefseg.config import RSRefSegConfig  # the schemas build on this module: imported on use
+    from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 
-        schema = RSRefSeg2Config
+    schema: type[StrictModel] = RSRefSeg2Config if data.get("architecture") == "rsrefseg2" else RSRefSegConfig
     return validate(schema, data, source=f"model config {source}")
 
 
-def load_model_config(path: str | Path) -> ModelConfig | RSRefSeg2Config:
+def load_model_config(path: str | Path) -> AnyModelConfig:
     """Read a model config YAML file."""
     return parse_model_config(load_yaml_mapping(path, what="model config"), source=str(path))

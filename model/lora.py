@@ -1,11 +1,7 @@
 """LoRA on the backbones (peft) and the trainable parameter set of each architecture (DESIGN §4).
 
 An architecture states where LoRA goes and what trains in a :class:`TrainableSet` (its model class's
-``trainable_set``); the functions here apply it. RSRefSeg's: LoRA on SAM's image encoder (``qkv``, ``proj``,
-``lin1``, ``lin2``, the neck convolutions) and on SigLIP's vision and text attention projections
-(``q/k/v/out_proj``) and text head. Trained: LoRA, the prompter, SAM's prompt encoder (its learned embeddings; the
-Fourier matrix is a fixed buffer in Meta's SAM) and mask decoder, and SigLIP's ``logit_scale``/``logit_bias``.
-Everything else stays frozen.
+``trainable_set``, beside the class in its folder); the functions here apply it.
 
 Two other trained sets: ``all`` (every parameter, for models trained from random init) and
 ``all_but_image_encoders`` (everything except the image encoders, whose features then never change, so training
@@ -36,22 +32,7 @@ class TrainableSet:
     image_encoders: tuple[str, ...]
 
 
-LORA_TARGETS = "|".join(
-    [
-        r"sam\.vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
-        r"sam\.vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)",
-        r"sam\.vision_encoder\.neck\.conv[12]",
-        r"siglip\.(vision|text)_model\.encoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj",
-        r"siglip\.text_model\.head",
-    ]
-)
-
-_TRAINED_MODULES = re.compile(
-    r"^(prompter\.|sam\.mask_decoder\.|sam\.prompt_encoder\.(?!shared_embedding\.)|siglip\.logit_(scale|bias)$)"
-)
 _LORA_PARAM = re.compile(r"\.lora_(A|B)\.")
-IMAGE_ENCODERS = ("sam.vision_encoder.", "siglip.vision_model.")
-RSREFSEG_TRAINABLE = TrainableSet(lora_targets=LORA_TARGETS, trained=_TRAINED_MODULES, image_encoders=IMAGE_ENCODERS)
 
 
 def apply_lora(model: nn.Module, *, targets: str, r: int, alpha: float, dropout: float) -> None:

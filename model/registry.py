@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from rsrs.core.errors import ConfigError, WeightsNotFoundError
-from rsrs.model.backbones import build_sam, build_siglip, build_tokenizer
+from rsrs.model.backbones import build_tokenizer
 from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
-from rsrs.model.config import ModelConfig, get_model_config, load_model_config, presets_dir
-from rsrs.model.lora import LORA_TARGETS, apply_lora, mark_trainable
-from rsrs.model.prompter import AttnPrompter
-from rsrs.model.rsrefseg import RSRefSeg
+from rsrs.model.config import get_model_config, load_model_config, presets_dir
+from rsrs.model.lora import mark_trainable
+from rsrs.model.rsrefseg.build import build_rsrefseg
+from rsrs.model.rsrefseg.config import RSRefSegConfig
+from rsrs.model.rsrefseg.model import RSRefSeg
 from rsrs.model.rsrefseg2.build import build_rsrefseg2
 from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 from rsrs.model.rsrefseg2.model import RSRefSeg2
@@ -27,12 +28,15 @@ from rsrs.model.rsrefseg2.official import SUFFIXES as OFFICIAL_SUFFIXES
 from rsrs.model.rsrefseg2.official import load_official_checkpoint, official_preset
 from rsrs.model.tokenizer import check_query_lengths as check_lengths
 
-AnyModelConfig = ModelConfig | RSRefSeg2Config
+AnyModelConfig = RSRefSegConfig | RSRefSeg2Config
+
+#: architecture -> its builder (each architecture is one folder under model/ and one line here)
+BUILDERS = {"rsrefseg": build_rsrefseg, "rsrefseg2": build_rsrefseg2}
 
 
 def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfig, Path | None]:
     """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
-    if isinstance(spec, ModelConfig | RSRefSeg2Config):
+    if isinstance(spec, RSRefSegConfig | RSRefSeg2Config):
         return spec, None
     path = Path(spec).expanduser()
     if path.suffix in OFFICIAL_SUFFIXES:  # a released RSRefSeg 2 file (KyanChen/RSRefSeg2: rrsisd.pth, ...)
@@ -91,26 +95,10 @@ def build_model(
     backbones at seeded random init instead of loading their weights.
     """
     device = torch.device(device)
-    build = build_rsrefseg2 if config.architecture == "rsrefseg2" else _build_rsrefseg
     with _seeded(config.init_seed, device), torch.device(device):
-        model = build(config, pretrained=pretrained, weights_root=weights_dir)
+        model = BUILDERS[config.architecture](config, pretrained=pretrained, weights_root=weights_dir)
     mark_trainable(model, mode=config.trainable)
     return model.to(device)
-
-
-def _build_rsrefseg(config: ModelConfig, *, pretrained: bool, weights_root: str | Path | None) -> RSRefSeg:
-    siglip = build_siglip(config.siglip, pretrained=pretrained, weights_root=weights_root)
-    sam = build_sam(config.sam, pretrained=pretrained, weights_root=weights_root)
-    prompter = AttnPrompter(
-        feature_dim=siglip.config.vision_config.hidden_size,
-        prompt_dim=sam.config.prompt_encoder_config.hidden_size,
-        norm_groups=config.prompter.norm_groups,
-        position_grid=config.prompter.position_grid,
-    )
-    tokenizer = build_tokenizer(config.siglip, pretrained=pretrained, weights_root=weights_root)
-    model = RSRefSeg(siglip=siglip, sam=sam, prompter=prompter, tokenizer=tokenizer, config=config)
-    apply_lora(model, targets=LORA_TARGETS, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
-    return model
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

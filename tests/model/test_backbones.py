@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers.models.sam.modeling_sam import SamVisionAttention
 
-from rsrs.model.backbones import relative_position_embeddings
+from rsrs.model.rsrefseg.sam import relative_position_embeddings
 from tests.model.conftest import random_tiles
 
 

@@ -7,9 +7,9 @@ import torch
 from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
 
 from rsrs.model import load_model
-from rsrs.model.backbones import sam_config
 from rsrs.model.config import get_model_config
 from rsrs.model.fused_attention import fuse_sam_attention, is_fused
+from rsrs.model.rsrefseg.sam import sam_config
 
 # FlexAttention outside torch.compile (the CPU reference the tests use) warns that it is unfused.
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile.*")

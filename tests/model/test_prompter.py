@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from rsrs.model.prompter import AttnPrompter, text_activated_features
+from rsrs.model.rsrefseg.prompter import AttnPrompter, text_activated_features
 
 
 def _direct_eq34(v, t_global, t_local, valid, scale, bias):

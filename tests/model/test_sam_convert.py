@@ -9,8 +9,8 @@ import torch
 from transformers import SamConfig, SamModel
 
 from rsrs.model import get_model_config
-from rsrs.model.backbones import build_sam
-from rsrs.model.sam_convert import hf_to_meta, meta_to_hf
+from rsrs.model.rsrefseg.sam import build_sam
+from rsrs.model.rsrefseg.sam_convert import hf_to_meta, meta_to_hf
 
 VIT = {  # Meta's build_sam_vit_{b,l,h}: embed dim, depth, heads, global attention blocks
     "b": (768, 12, 12, (2, 5, 8, 11)),

@@ -34,7 +34,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_the_three_layers_and_the_presets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"rsrs/model/rsrefseg.py", "rsrs/pipeline/geometry.py", "rsrs/workflows/cli.py"} <= names
+    assert {"rsrs/core/errors.py", "rsrs/model/rsrefseg/model.py", "rsrs/model/rsrefseg2/model.py"} <= names
+    assert {"rsrs/pipeline/geometry.py", "rsrs/workflows/cli.py"} <= names
     assert {"rsrs/configs/models/tiny.yaml", "rsrs/configs/models/rsrefseg-b.yaml"} <= names
     shipped_demo = {"models/demo.safetensors", "jobs/demo.yaml", "demo/scene.tif"}
     assert {f"rsrs/configs/{name}" for name in shipped_demo} <= names

@@ -7,7 +7,8 @@ from safetensors import safe_open
 from rsrs.core.errors import ConfigError, WeightsNotFoundError
 from rsrs.model import get_model_config, load_model, save_checkpoint
 from rsrs.model.checkpoint import read_checkpoint_config
-from rsrs.model.config import ModelConfig, parse_model_config
+from rsrs.model.config import parse_model_config
+from rsrs.model.rsrefseg.config import RSRefSegConfig
 from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 from tests.model.conftest import random_tiles
 
@@ -15,7 +16,7 @@ from tests.model.conftest import random_tiles
 def test_architecture_selects_the_schema():
     tiny2, tiny = get_model_config("tiny2"), get_model_config("tiny")
     assert isinstance(tiny2, RSRefSeg2Config) and tiny2.architecture == "rsrefseg2"
-    assert isinstance(tiny, ModelConfig) and tiny.architecture == "rsrefseg"
+    assert isinstance(tiny, RSRefSegConfig) and tiny.architecture == "rsrefseg"
     with pytest.raises(ConfigError, match=r"missing required key 'sam2' in model config x\.yaml"):
         parse_model_config({"architecture": "rsrefseg2", "name": "n", "siglip": {}}, source="x.yaml")
     unknown = r"unknown key 'prompter\.heads' in model config x\.yaml; did you mean 'num_heads'\?"

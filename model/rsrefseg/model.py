@@ -9,6 +9,7 @@ query per image) and ``loss`` its objective; ``decode`` and ``predict`` (eval, n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -16,14 +17,36 @@ import torch
 import torch.nn.functional as F
 from transformers import SamModel, SiglipModel
 
-from rsrs.model.config import ModelConfig
-from rsrs.model.lora import RSREFSEG_TRAINABLE, TrainableSet
+from rsrs.model.lora import TrainableSet
 from rsrs.model.losses import LossOutput, bce_dice_loss
 from rsrs.model.outputs import ImageFeatures, MaskOutput, TextFeatures
 from rsrs.model.preprocess import sam_logits_to_input, sam_pixels, siglip_pixels, to_unit_float
-from rsrs.model.prompter import AttnPrompter
+from rsrs.model.rsrefseg.config import RSRefSegConfig
+from rsrs.model.rsrefseg.prompter import AttnPrompter
 from rsrs.model.segmenter import PairwiseSegmenter
 from rsrs.model.tokenizer import Tokenizer
+
+LORA_TARGETS = "|".join(
+    [
+        r"sam\.vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
+        r"sam\.vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)",
+        r"sam\.vision_encoder\.neck\.conv[12]",
+        r"siglip\.(vision|text)_model\.encoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj",
+        r"siglip\.text_model\.head",
+    ]
+)
+
+_TRAINED_MODULES = re.compile(
+    r"^(prompter\.|sam\.mask_decoder\.|sam\.prompt_encoder\.(?!shared_embedding\.)|siglip\.logit_(scale|bias)$)"
+)
+# LoRA on SAM's image encoder (qkv, proj, lin1, lin2, the neck convolutions) and on SigLIP's vision and text
+# attention projections and text head (DESIGN §4). Trained besides LoRA: the prompter, SAM's prompt encoder (its
+# learned embeddings; the Fourier matrix is a fixed buffer in Meta's SAM) and mask decoder, SigLIP's logit scale/bias.
+RSREFSEG_TRAINABLE = TrainableSet(
+    lora_targets=LORA_TARGETS,
+    trained=_TRAINED_MODULES,
+    image_encoders=("sam.vision_encoder.", "siglip.vision_model."),
+)
 
 
 class RSRefSeg(PairwiseSegmenter):
@@ -38,7 +61,7 @@ class RSRefSeg(PairwiseSegmenter):
         sam: SamModel,
         prompter: AttnPrompter,
         tokenizer: Tokenizer,
-        config: ModelConfig,
+        config: RSRefSegConfig,
     ) -> None:
         super().__init__()
         self.siglip = siglip
