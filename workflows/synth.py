@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import click
 from tqdm import tqdm
 
+from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.synth import write_chip_dataset, write_scene
+from rsrs.pipeline.synth.scene import scene_grid
 
 
 @click.group("synth")
@@ -82,7 +87,15 @@ def synth_dataset(
     help="Scene side, px (0.5 m pixels: 8192 px is 4 km).",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def synth_scene(out_dir: str, size: int, seed: int) -> None:
+@click.option(
+    "--stac",
+    "collection",
+    metavar="COLLECTION",
+    default=None,
+    help="Also write DIR/items.json: the scene as a STAC item of COLLECTION (absolute asset href), ready for "
+    "`rustac serve DIR/items.json` (a local STAC API to try `stac: api:` inputs against).",
+)
+def synth_scene(out_dir: str, size: int, seed: int, collection: str | None) -> None:
     """Write one large georeferenced scene and its truth for `rsrs run`.
 
     \b
@@ -97,3 +110,31 @@ def synth_scene(out_dir: str, size: int, seed: int) -> None:
     with tqdm(total=size, desc="synth scene", unit="row") as bar:
         path = write_scene(out_dir, size=size, seed=seed, on_rows=bar.update)
     click.echo(f"wrote {path} with expressions.json, masks/ and objects.geojson beside it")
+    if collection is not None:
+        items = write_stac_items(path, scene_grid(size), collection=collection)
+        click.echo(f"wrote {items}; serve it with:  rustac serve {items} --addr 127.0.0.1:8080")
+
+
+def write_stac_items(scene: Path, grid: RasterGrid, *, collection: str) -> Path:
+    """A FeatureCollection of one STAC item for ``scene`` on ``grid`` (footprint, datetime, an ``image`` asset),
+    written beside the scene."""
+    import json
+
+    import pystac
+    import shapely
+
+    from rsrs.workflows.run_catalog import footprint
+
+    outline = footprint(grid)
+    item = pystac.Item(
+        id=scene.parent.name or "scene",
+        geometry=shapely.geometry.mapping(outline),
+        bbox=list(outline.bounds),
+        datetime=datetime(2021, 6, 1, tzinfo=UTC),
+        properties={},
+        collection=collection,
+    )
+    item.add_asset("image", pystac.Asset(str(scene.resolve()), media_type=pystac.MediaType.COG, roles=["data"]))
+    path = scene.parent / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [item.to_dict()]}, indent=1))
+    return path
