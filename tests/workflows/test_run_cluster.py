@@ -76,3 +76,24 @@ def test_gpu_clusters_run_two_tasks_per_gpu_on_workers_that_may_start_processes(
         assert client.submit(_is_daemon, resources=gpu, pure=False).result() is False  # finisher pools allowed
         both = [client.submit(_meet, a, b, resources=gpu, pure=False) for a, b in (("a", "b"), ("b", "a"))]
         assert client.gather(both) == [True, True]
+
+
+def _worker_address(_: int) -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_tasks_asking_for_half_a_gpu_reach_every_gpu_worker():
+    """Two workers offering one (faked) GPU each, as one host with two GPUs: GPU tasks run on both."""
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, resources={"GPU": 1}, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert uses_gpus(client)
+        tagged = ((i, i) for i in range(16))
+        seen = {address for _, address in bounded_map(client, _worker_address, tagged, max_in_flight=8,
+                                                       resources={"GPU": GPU_PER_TASK})}  # fmt: skip
+        assert seen == set(client.scheduler_info(n_workers=-1)["workers"])

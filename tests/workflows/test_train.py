@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from rsrs.workflows.metrics import summarize
 from rsrs.workflows.scoring import image_to_tensor, model_predictor, score_dataset
 from rsrs.workflows.train import train
 from rsrs.workflows.train_config import load_train_config
+from rsrs.workflows.train_data import ReferringBatches
+from rsrs.workflows.train_distributed import init_distributed
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,50 @@ def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
     assert all(r["world_size"] == 2 for r in records)
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=False)
     assert state["progress"]["step"] == 4 and len(state["rng"]) == 2
+
+
+def _batch(chips: Path, rows: slice) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Training samples ``rows`` of the chips, as rsrs train batches them (image, mask, sentence)."""
+    reader = ReferringBatches(open_dataset("manifest", chips, "train"), size=96)
+    items = [reader[i] for i in range(len(reader))[rows]]
+    return torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]), [i[2] for i in items]
+
+
+def _gradients(model, chips: Path, rows: slice) -> dict[str, torch.Tensor]:
+    images, masks, sentences = _batch(chips, rows)
+    loss = model.loss(model(images, sentences), masks)
+    loss.total.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _ddp_rank(rank: int, chips: Path, out: Path, port: int) -> None:
+    """One of two gloo ranks: rsrs's own set-up and DDP wrapper, half of an 8-sample batch each."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0")
+    ddp = init_distributed("cpu")
+    model = load_model("tiny", device="cpu", dtype="float32").train()
+    net = ddp.wrap(model)
+    images, masks, sentences = _batch(chips, slice(rank, 8, 2))  # how ResumableSampler deals a batch out
+    model.loss(net(images, sentences), masks).total.backward()  # DDP averages the ranks' gradients
+    if ddp.is_main:
+        torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+    del net
+    ddp.shut_down()
+
+
+def test_ddp_gradients_of_two_gloo_ranks_equal_one_process_at_twice_the_batch(tmp_path, chips):
+    """What makes data-parallel training equal to one process at the global batch: the averaged gradient."""
+    out = tmp_path / "ddp-grads.pt"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(chips, out, port), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    single = _gradients(load_model("tiny", device="cpu", dtype="float32").train(), chips, slice(0, 8))
+    assert ddp.keys() == single.keys() and len(single) > 100
+    flat = torch.cat([single[k].flatten() for k in single])
+    diff = torch.cat([(ddp[k] - single[k]).flatten() for k in single])
+    assert flat.abs().max() > 0  # a gradient to compare
+    assert diff.norm() < 1e-4 * flat.norm()  # equal up to float rounding (sums in another order)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny2"])
