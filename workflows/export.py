@@ -16,12 +16,7 @@ import click
 from tqdm import tqdm
 
 from rsrs.core.errors import RsrsError
-from rsrs.pipeline.cog import write_scene_cogs
-
-#: Where the COGs go inside a run folder.
-COGS = "cogs"
-#: The run report every finished ``rsrs run`` leaves in its output folder.
-REPORT = "run.json"
+from rsrs.workflows.run_outputs import COGS, REPORT
 
 
 class NotARunError(RsrsError, FileNotFoundError):
@@ -73,6 +68,8 @@ def read_run(run_dir: Path) -> RunOutputs:
 
 def export_cogs(run_dir: Path, *, progress: bool = True) -> CogExport:
     """Write the COGs of every finished scene of the run in ``run_dir``; keep those already current."""
+    from rsrs.pipeline.cog import write_scene_cogs  # GDAL only once there is work
+
     run = read_run(run_dir)
     result = CogExport()
     bar = tqdm(

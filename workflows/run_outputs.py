@@ -18,6 +18,7 @@ from rsrs.core.errors import OutputError, RsrsError
 from rsrs.workflows.job import Job
 
 MASKS, TILES, POLYGONS, REPORT, OVERLAYS = "masks.zarr", "tiles", "polygons.parquet", "run.json", "overlays"
+COGS = "cogs"  # Cloud-Optimized GeoTIFFs, cogs/<scene_id>/<query_id>.tif (output.cog, rsrs export --cog)
 _IDENTITY_ATTR = "rsrs_job"
 
 

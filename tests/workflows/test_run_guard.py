@@ -169,3 +169,8 @@ def test_a_read_only_mount_is_one_line(tmp_path):
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "read-only" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_run_json_records_the_device_the_model_ran_on_not_auto(tmp_path, scheduler):
+    report = run_job(write_job(tmp_path, model={"preset": "tiny", "device": "auto"}), scheduler=scheduler)
+    assert report["model"]["device"] == "cpu" and report["model"]["device_requested"] == "auto"
