@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from rsrs.core.files import atomic_path
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+from rsrs.pipeline.geoparquet import geoparquet_writer
 from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
@@ -245,9 +246,9 @@ def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
 
 
 def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically; see :mod:`rsrs.pipeline.geoparquet`."""
+    with geoparquet_writer(path, crs=frame.crs) as write:
+        write(frame)
 
 
 def save_tile(tile: TilePolygons, path: Path) -> None:

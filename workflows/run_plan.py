@@ -56,6 +56,7 @@ def batch_tasks(
 ) -> Iterator[tuple[ScenePlan, BatchTask]]:
     """The run's tasks in scene order, made lazily: a scene that has failed submits nothing more."""
     texts = tuple(q.text for q in job.queries)
+    http = job.network.options()
     for plan in plans:
         for tiles in plan.tasks:
             if plan.report.status is SceneStatus.FAILED:
@@ -72,5 +73,6 @@ def batch_tasks(
                     tiles_dir=tiles_dir(plan.id),
                     threshold=job.output.threshold,
                     batch_size=job.tiling.batch_size,
+                    http=http,
                 ),
             )

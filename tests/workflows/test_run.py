@@ -115,9 +115,12 @@ def test_polygons_are_merged_across_tiles_and_written_as_geoparquet(finished):
     frame = gpd.read_parquet(out / "polygons.parquet")
     assert list(frame.columns) == ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
     assert frame.crs == "EPSG:4326"
-    schema = pq.read_schema(out / "polygons.parquet")
-    geo = json.loads(schema.metadata[b"geo"])
-    assert geo["version"] == "1.1.0" and "covering" in geo["columns"]["geometry"] and "bbox" in schema.names
+    parts = sorted((out / "polygons.parquet").iterdir())  # one GeoParquet file per scene
+    assert [p.name for p in parts] == ["a.parquet", "b.parquet"]
+    for part in parts:
+        schema = pq.read_schema(part)
+        geo = json.loads(schema.metadata[b"geo"])
+        assert geo["version"] == "1.1.0" and "covering" in geo["columns"]["geometry"] and "bbox" in schema.names
     # at threshold 0.49 the tiny model marks every valid pixel: one polygon per scene and query
     assert sorted(zip(frame.scene_id, frame.query_id, strict=True)) == [
         ("a", "ponds"), ("a", "red-roofs"), ("b", "ponds"), ("b", "red-roofs")

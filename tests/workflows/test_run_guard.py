@@ -87,7 +87,7 @@ def test_a_rerun_whose_inputs_all_fail_leaves_the_outputs_untouched(tmp_path, sc
         run_job(job, scheduler=scheduler)
         (tmp_path / "data" / "a.tif").rename(tmp_path / "a.tif.moved")
     before = snapshot(tmp_path / "out")
-    assert {"polygons.parquet", "run.json"} <= {str(p) for p in before}
+    assert {"polygons.parquet/a.parquet", "run.json"} <= {str(p) for p in before}
     code, output = invoke("run", job, "--scheduler", scheduler)
     assert code == 1 and output.count("\n") == 1, output
     assert "no scene could be opened" in output and "nothing was written" in output
