@@ -111,12 +111,23 @@ def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[C
         return
     with _stop_signals_for_the_client_only():
         cluster = _local_cluster(compute)
-    with cluster, Client(cluster) as client:
-        try:
-            yield client
-        except KeyboardInterrupt:  # stopping busy workers is expected now: no warnings about it
-            logging.getLogger("distributed").setLevel(QUIET)
-            raise
+    scheduler_log = logging.getLogger("distributed.scheduler")  # the local scheduler runs in this process
+    scheduler_log.addFilter(_killed_worker_said_by_rsrs)
+    try:
+        with cluster, Client(cluster) as client:
+            try:
+                yield client
+            except KeyboardInterrupt:  # stopping busy workers is expected now: no warnings about it
+                logging.getLogger("distributed").setLevel(QUIET)
+                raise
+    finally:
+        scheduler_log.removeFilter(_killed_worker_said_by_rsrs)
+
+
+def _killed_worker_said_by_rsrs(record: logging.LogRecord) -> bool:
+    """Drop the scheduler's error line for a task whose workers kept dying: rsrs reports it as the scene's error,
+    naming the tiles."""
+    return "workers died while trying to run it" not in str(record.msg)
 
 
 @contextmanager

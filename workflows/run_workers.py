@@ -1,8 +1,9 @@
 """What the cluster did to a run: which workers ran its tasks, which died under it, and tasks that kept killing them.
 
 Dask reschedules the tasks of a worker that dies (a crash, out of memory, a reclaimed spot machine) on the other
-workers, up to ``allowed-failures`` times per task; after that the task fails with ``KilledWorker`` and its scene
-fails, naming the tiles that task held (a tile that crashes whatever reads it is found there). Chunks and tile
+workers, up to ``allowed-failures`` times per task; after that the task fails with ``KilledWorker``, its tiles are
+retried one per task (see :mod:`rsrs.workflows.run_compute`), and a tile that kills its workers again fails its
+scene, named by its window (a tile that crashes whatever reads it). Chunks and tile
 sidecars are whole files written by one rename, so a task rerun after a death rewrites the same bytes.
 
 The scheduler logs every worker removal as an event; the run reads them at the end, so run.json says which workers
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from distributed import Client, KilledWorker, get_worker
@@ -57,13 +57,12 @@ def run_on_worker(task: BatchTask) -> tuple[str, BatchResult]:
     return get_worker().address, result
 
 
-def killed_message(error: KilledWorker, tiles: Sequence[Tile]) -> str:
-    """One line for a task that workers kept dying on: how often, where, and the tiles it held."""
-    rows = f"rows {min(t.core.row_off for t in tiles)}-{max(t.core.row_end for t in tiles)}"
-    cols = f"cols {min(t.core.col_off for t in tiles)}-{max(t.core.col_end for t in tiles)}"
+def killed_message(error: KilledWorker, tile: Tile) -> str:
+    """One line for a one-tile task that workers kept dying on: how often, the tile's window, the last worker."""
+    core = tile.core
     last = getattr(error.last_worker, "address", error.last_worker)
     return (
-        f"workers died {error.allowed_failures + 1} times running its tiles in {rows}, {cols} ({len(tiles)} tiles; "
-        f"the last worker was {last}): reading or segmenting these tiles crashes the process (out of memory, or a "
-        "file that crashes GDAL)"
+        f"workers died {error.allowed_failures + 1} times running the tile at rows {core.row_off}-{core.row_end}, "
+        f"cols {core.col_off}-{core.col_end} (read with its context; the last worker was {last}): reading or "
+        "segmenting it crashes the process (out of memory, or a file that crashes GDAL)"
     )

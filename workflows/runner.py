@@ -137,19 +137,14 @@ def _run_claimed(run: _Run, scenes: Sequence[Scene], failures: list[SceneReport]
     done = [p for p in plans if p.report.status is SceneStatus.DONE]
     for plan in done:  # scenes finished by earlier runs: their polygon file, kept or rewritten
         if plan.id not in finished:
-            _finish_scene(run, plan)
+            kept = existing_part(job, run.out, plan.id)
+            plan.report.polygons = kept if kept is not None else write_part(job, plan, run.out)
     if not done:
         run.write_report(reports)
         raise RunError(f"no scene could be computed ({reports[0].error}); see {run.out / REPORT}")
     prune_parts(run.out, {p.id for p in done})
     _score_and_draw(job, done, run.out)
     return run.write_report(reports)
-
-
-def _finish_scene(run: _Run, plan: ScenePlan) -> None:
-    """Write the scene's polygon file (kept when one with this job's settings exists) and count its rows."""
-    kept = existing_part(run.job, run.out, plan.id)
-    plan.report.polygons = kept if kept is not None else write_part(run.job, plan, run.out)
 
 
 def _create_mosaic(run: _Run, plan: ScenePlan) -> None:
@@ -186,23 +181,23 @@ def _compute(run: _Run, plans: list[ScenePlan], failures: list[SceneReport], *, 
     finished: set[str] = set()
     if not any(p.tasks for p in plans):
         return finished
-    tasks_left = {p.id: len(p.tasks) for p in plans}
+    tiles_left = {p.id: sum(map(len, p.tasks)) for p in plans}
     bar = TileProgress([p.report for p in plans], enabled=run.progress)
     try:
         for plan, outcome, tiles in compute_tiles(job, plans, run.model, run.out, scheduler=scheduler,
                                                   notify=run.notify, workers=run.workers):  # fmt: skip
             report = plan.report
-            tasks_left[plan.id] -= 1
+            tiles_left[plan.id] -= len(tiles)
             if report.status is not SceneStatus.FAILED:
                 _fold(run, report, outcome, tiles)
             if report.status is SceneStatus.FAILED:
                 if job.on_error == "fail":
                     run.write_report([p.report for p in plans] + failures)
                     raise RunError(f"scene {plan.id} failed: {report.error}{_partial_note(report)}")
-            elif tasks_left[plan.id] == 0:
+            elif tiles_left[plan.id] == 0:
                 report.finished()
                 report.status = SceneStatus.DONE
-                _finish_scene(run, plan)
+                report.polygons = write_part(job, plan, run.out)
                 finished.add(plan.id)
             bar.advance(len(tiles))
     finally:
@@ -217,8 +212,8 @@ def _fold(run: _Run, report: SceneReport, outcome: BatchResult | BaseException, 
     """
     if isinstance(outcome, OutputError):
         raise outcome
-    if isinstance(outcome, KilledWorker):
-        report.failed(killed_message(outcome, tiles))
+    if isinstance(outcome, KilledWorker):  # a task of one tile (see run_compute)
+        report.failed(killed_message(outcome, tiles[0]))
         log.info("scene %s failed: %s", report.id, report.error)
         return
     if isinstance(outcome, BaseException):
