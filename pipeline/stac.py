@@ -30,6 +30,12 @@ from rsrs.pipeline.scenes import BandSource, Scene, default_bands, gdal_path, op
 PREFERRED_ASSETS = ("visual", "image", "data", "rgb")
 #: Items asked per page of an API search (servers may answer fewer): few round trips for a large catalog.
 PAGE_SIZE = 100
+#: How a request that got no HTTP answer ended (urllib3's words) -> what to say.
+_DROPPED = {
+    "timed out": "did not answer within {timeout:g} s",
+    "Remote end closed connection": "closed the connection without answering",
+    "reset by peer": "reset the connection",
+}
 
 
 class StacError(InputDataError):
@@ -124,8 +130,8 @@ def search_api(api: str, *, http: HttpOptions = DEFAULT_HTTP, **search: Any) -> 
     Each request is retried as ``http`` says (HTTP 429/5xx, resets, timeouts); the final failure is one line.
     """
     try:
-        stac_io = StacApiIO(timeout=http.timeout_s, max_retries=http.retry())
-        client = pystac_client.Client.open(api, stac_io=stac_io)
+        stac_io = StacApiIO(max_retries=http.retry())
+        client = pystac_client.Client.open(api, stac_io=stac_io, timeout=http.timeout_s)  # open sets the timeout
         if search.get("filter") is not None:  # say which CQL2 form it is, rather than have it converted
             search["filter_lang"] = "cql2-text" if isinstance(search["filter"], str) else "cql2-json"
         search = {k: v for k, v in search.items() if v is not None}
@@ -133,11 +139,12 @@ def search_api(api: str, *, http: HttpOptions = DEFAULT_HTTP, **search: Any) -> 
     except APIError as err:
         text = " ".join(str(err).split())
         tried = f"{http.retries} retries" if http.retries else "no retries"
-        if getattr(err, "status_code", None) is None:  # no HTTP answer: refused, unknown host, timeout
-            if "timed out" in text:
+        if getattr(err, "status_code", None) is None:  # no HTTP answer: refused, unknown host, timeout, hang-up
+            dropped = next((said for cause, said in _DROPPED.items() if cause in text), None)
+            if dropped is not None:
+                said = dropped.format(timeout=http.timeout_s)
                 raise StacApiError(
-                    f"STAC API {api} did not answer within {http.timeout_s:g} s ({tried}); rerun later, or raise "
-                    "network.timeout_s / network.retries"
+                    f"STAC API {api} {said} ({tried}); rerun later, or raise network.timeout_s / network.retries"
                 ) from err
             errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
             reason = errno.group(1) if errno else "no answer"
