@@ -10,6 +10,7 @@ area-weighted means.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio import features
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from rsrs.core.files import atomic_path
@@ -30,6 +32,11 @@ from rsrs.pipeline.geoparquet import geoparquet_writer
 from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
+
+# Shapes are traced in scene pixels: the core at the scene's origin has the identity transform on purpose, and
+# rasterio's warning about it would reach the user's terminal from every worker. A process-wide filter, as tiles
+# are polygonised on several threads at once (``catch_warnings`` is not thread-safe).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 @dataclass(frozen=True)

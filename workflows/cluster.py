@@ -124,6 +124,11 @@ def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[C
         scheduler_log.removeFilter(_killed_worker_said_by_rsrs)
 
 
+def _task_error_said_by_rsrs(record: logging.LogRecord) -> bool:
+    """Drop a worker's "Compute Failed" log: the task's error comes back to the client, which reports it."""
+    return not str(record.msg).startswith("Compute Failed")
+
+
 def _killed_worker_said_by_rsrs(record: logging.LogRecord) -> bool:
     """Drop the scheduler's error line for a task whose workers kept dying: rsrs reports it as the scene's error,
     naming the tiles."""
@@ -159,6 +164,8 @@ class ResidentModelPlugin(WorkerPlugin):
     ``torch_threads`` sets torch's intra-op threads (Dask's nanny starts workers with OMP_NUM_THREADS=1);
     None leaves the worker's setting. On a worker seeing several GPUs, the worker's integer name picks one.
     ``warm_up=(batch, tile)``: the job's batch shape, run once on a GPU as the model loads.
+    ``quiet_task_errors``: drop the worker's own "Compute Failed" log of a task's exception (on the clusters rsrs
+    starts, whose workers print to the user's terminal: the client reports the error as the scene's, in one line).
     """
 
     name = "rsrs-resident-model"
@@ -170,14 +177,19 @@ class ResidentModelPlugin(WorkerPlugin):
         *,
         torch_threads: int | None,
         warm_up: tuple[int, int] | None = None,
+        quiet_task_errors: bool = False,
     ) -> None:
         self.model = model
         self.query_texts = query_texts
         self.torch_threads = torch_threads
         self.warm_up = warm_up
+        self.quiet_task_errors = quiet_task_errors
 
     def setup(self, worker: Any) -> None:
         import torch
+
+        if self.quiet_task_errors:
+            logging.getLogger("distributed.worker").addFilter(_task_error_said_by_rsrs)
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
@@ -201,7 +213,7 @@ def load_models(
     """Register :class:`ResidentModelPlugin` (blocks until every current worker has loaded the model)."""
     n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if local else None
-    plugin = ResidentModelPlugin(model, query_texts, torch_threads=threads, warm_up=warm_up)
+    plugin = ResidentModelPlugin(model, query_texts, torch_threads=threads, warm_up=warm_up, quiet_task_errors=local)
     try:
         responses = client.register_plugin(plugin)
     except Exception as err:  # a worker that cannot even unpickle the plugin fails the whole registration
