@@ -21,6 +21,7 @@ import xarray as xr
 import zarr
 
 from rsrs.core.errors import ConfigError
+from rsrs.core.files import output_error
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 
 VARIABLE = "probability"
@@ -130,11 +131,24 @@ def create_mosaic(
     ds.attrs[_FINGERPRINT_ATTR] = fingerprint
     ds.attrs[_SOURCE_ATTR] = source
     with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The data type", category=UserWarning)
+        ds.to_zarr(store, group=scene_id, mode="w", compute=False, consolidated=False)  # see consolidate_mosaics
+    return True
+
+
+def consolidate_mosaics(store: Path) -> None:
+    """Index every scene group's metadata in the store's root, so readers open a scene with one read.
+
+    Once per run, at its end: xarray's default consolidates the whole store at every scene group it writes, which
+    costs a pass over every earlier scene each time (minutes per scene at a thousand scenes).
+    """
+    with warnings.catch_warnings():
         # zarr-python warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        warnings.filterwarnings("ignore", message="The data type", category=UserWarning)
-        ds.to_zarr(store, group=scene_id, mode="w", compute=False)
-    return True
+        try:
+            zarr.consolidate_metadata(store)
+        except OSError as err:
+            raise output_error(store, err) from None
 
 
 def _stored(store: Path, scene_id: str) -> dict | None:
@@ -161,7 +175,10 @@ def write_core(store: Path, scene_id: str, core: PixelWindow, codes: np.ndarray)
 
 
 def open_mosaic(store: Path, scene_id: str) -> xr.Dataset:
-    """Open a scene's mosaic lazily, with its CRS and transform decoded (``.rio.crs``, ``.rio.transform()``)."""
+    """Open a scene's mosaic lazily, with its CRS and transform decoded (``.rio.crs``, ``.rio.transform()``).
+
+    Reads the group's own metadata (a few small files), not the store's index: that is rebuilt only when a run ends.
+    """
     import rioxarray  # noqa: F401
 
-    return xr.open_zarr(store, group=scene_id, decode_coords="all")
+    return xr.open_zarr(store, group=scene_id, decode_coords="all", consolidated=False)

@@ -54,17 +54,9 @@ def visible_gpus() -> int:
 
 
 def _local_cluster(compute: Compute) -> LocalCluster:
-    """A local cluster sized from ``compute``: GPU workers when GPUs are wanted and present, else CPU.
-
-    Its scheduler reschedules a task whose worker died at most ``compute.allowed_failures`` times, and sends each
-    worker only the tasks it can start (saturation 1): a task waiting on a worker that dies would count that death
-    against it.
-    """
-    settings = {
-        "distributed.scheduler.allowed-failures": compute.allowed_failures,
-        "distributed.scheduler.worker-saturation": 1.0,
-    }
-    with dask.config.set(settings):
+    """A local cluster sized from ``compute``: GPU workers when GPUs are wanted and present, else CPU. Its scheduler
+    reschedules a task whose worker died at most ``compute.allowed_failures`` times."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": compute.allowed_failures}):
         return _start_local_cluster(compute)
 
 

@@ -38,10 +38,12 @@ def compute_tiles(
     scheduler: str | None,
     notify: Callable[[str], None],
     workers: WorkerLog,
+    prepare: Callable[[ScenePlan], None],
 ) -> Iterator[tuple[ScenePlan, BatchResult | BaseException, tuple[Tile, ...]]]:
     """Run the plans' tasks on the job's cluster; yield (plan, outcome, the task's tiles) as tasks finish.
 
-    ``workers`` records which worker ran each task and, at the end, the workers lost meanwhile.
+    ``workers`` records which worker ran each task and, at the end, the workers lost meanwhile; ``prepare(plan)``
+    runs before a scene's first task is submitted.
     """
     texts = tuple(q.text for q in job.queries)
     with dask_client(job.compute, scheduler=scheduler) as client:
@@ -51,7 +53,9 @@ def compute_tiles(
         load_models(client, model, texts, local=local, warm_up=(job.tiling.batch_size, job.tiling.tile_size))
         resources = {"GPU": GPU_PER_TASK} if uses_gpus(client) else None
         running = round(1 / GPU_PER_TASK) if resources else 1  # tasks a worker runs at once
-        tasks = _Tasks(batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s)))
+        planned = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s),
+                              prepare=prepare)  # fmt: skip
+        tasks = _Tasks(planned)
         for (plan, task), outcome in bounded_map(
             client, run_on_worker, tasks, max_in_flight=lambda: running * _n_workers(client), resources=resources
         ):

@@ -94,7 +94,9 @@ def claim_output_dir(out: Path, identity: dict, *, overwrite: bool) -> None:
         clear_outputs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        zarr.open_group(out / MASKS, mode="a").attrs[_IDENTITY_ATTR] = identity
+        # opened without its consolidated index, which this write then drops: scene groups added during the run
+        # would be missing from it (the index is rebuilt when the run ends, rsrs.pipeline.mosaic.consolidate_mosaics)
+        zarr.open_group(out / MASKS, mode="a", use_consolidated=False).attrs[_IDENTITY_ATTR] = identity
     except OSError as err:
         raise output_error(out / MASKS, err) from None
 

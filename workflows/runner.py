@@ -29,7 +29,7 @@ from distributed import KilledWorker
 from rsrs.core.errors import OutputError, RsrsError
 from rsrs.core.files import output_error, write_text_atomic
 from rsrs.model.registry import check_query_lengths, resolve_model_spec
-from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, open_mosaic
+from rsrs.pipeline.mosaic import VARIABLE, consolidate_mosaics, create_mosaic, open_mosaic
 from rsrs.pipeline.resident import ModelRef
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tasks import BatchResult
@@ -130,9 +130,11 @@ def _run_claimed(run: _Run, scenes: Sequence[Scene], failures: list[SceneReport]
     """The run once it holds its folder: plan, compute, write each finished scene's polygons, report."""
     job = run.job
     plans = plan_run(job, scenes, lambda sid: {p.stem for p in (run.out / TILES / sid).glob("*.parquet")})
-    for plan in plans:
-        _create_mosaic(run, plan)
+    for plan in plans:  # finished scenes: their group checked now; the others' made as their first task goes out
+        if not plan.tasks:
+            _create_mosaic(run, plan)
     finished = _compute(run, plans, failures, scheduler=scheduler)
+    consolidate_mosaics(run.out / MASKS)
     reports = [p.report for p in plans] + failures
     done = [p for p in plans if p.report.status is SceneStatus.DONE]
     for plan in done:  # scenes finished by earlier runs: their polygon file, kept or rewritten
@@ -185,7 +187,8 @@ def _compute(run: _Run, plans: list[ScenePlan], failures: list[SceneReport], *, 
     bar = TileProgress([p.report for p in plans], enabled=run.progress)
     try:
         for plan, outcome, tiles in compute_tiles(job, plans, run.model, run.out, scheduler=scheduler,
-                                                  notify=run.notify, workers=run.workers):  # fmt: skip
+                                                  notify=run.notify, workers=run.workers,
+                                                  prepare=lambda plan: _create_mosaic(run, plan)):  # fmt: skip
             report = plan.report
             tiles_left[plan.id] -= len(tiles)
             if report.status is not SceneStatus.FAILED:

@@ -5,6 +5,7 @@ streamed from the tile sidecars so the client's memory does not grow with a scen
 import json
 import subprocess
 import sys
+import warnings
 
 import duckdb
 import geopandas as gpd
@@ -12,6 +13,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
 from distributed import LocalCluster
 from scipy import ndimage
 
@@ -95,3 +98,13 @@ def test_client_memory_for_a_scene_of_100000_polygons_stays_within_1_3_of_a_scen
     assert counts["dense"] >= 100_000 and counts["sparse"] <= 121
     print(f"peak RSS: {peaks} KiB for {counts} polygons; ratio {peaks['dense'] / peaks['sparse']:.3f}")
     assert peaks["dense"] <= 1.3 * peaks["sparse"]
+
+
+def test_the_mosaic_store_is_indexed_once_at_the_end_and_opens_as_users_open_it_without_warnings(finished):
+    out, _ = finished
+    root = json.loads((out / "masks.zarr" / "zarr.json").read_text())
+    assert {"a", "empty"} <= {key.split("/")[0] for key in root["consolidated_metadata"]["metadata"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "failed to open consolidated metadata" fallback
+        ds = xr.open_zarr(out / "masks.zarr", group="a", decode_coords="all")
+    assert ds["probability"].shape == (2, 72, 96) and ds.rio.crs == "EPSG:32614"
