@@ -35,10 +35,14 @@ def reference(tmp_path_factory, scheduler):
     return job.parent
 
 
-FAULTS = [{"mode": "status", "status": 503}, {"mode": "reset"}, {"mode": "stall", "stall_s": 3}]
+FAULTS = [
+    pytest.param({"mode": "status", "status": 503}, id="503"),
+    pytest.param({"mode": "reset"}, id="reset", marks=pytest.mark.slow),
+    pytest.param({"mode": "stall", "stall_s": 3}, id="stall", marks=pytest.mark.slow),
+]
 
 
-@pytest.mark.parametrize("fault", FAULTS, ids=["503", "reset", "stall"])
+@pytest.mark.parametrize("fault", FAULTS)
 def test_reads_that_fail_once_are_retried_and_a_scene_that_always_fails_is_skipped(
     tmp_path, reference, scheduler, fault
 ):
