@@ -22,6 +22,7 @@ import xarray as xr
 import zarr
 
 from rsrs.core.errors import ConfigError
+from rsrs.core.files import output_error
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 
 VARIABLE = "probability"
@@ -136,8 +137,20 @@ def create_mosaic(
     ds = mosaic_template(grid, query_ids=query_ids, query_texts=query_texts, chunk_size=chunk_size)
     ds.attrs[FINGERPRINT_ATTR] = fingerprint
     ds.attrs[_SOURCE_ATTR] = source
-    ds.to_zarr(store, group=scene_id, mode="w", compute=False, zarr_format=_ZARR_FORMAT)
+    ds.to_zarr(store, group=scene_id, mode="w", compute=False, zarr_format=_ZARR_FORMAT, consolidated=False)
     return True
+
+
+def consolidate_mosaics(store: Path) -> None:
+    """Index every scene group's metadata in the store's root, so readers open a scene with one read.
+
+    Once per run, at its end: xarray's default consolidates the whole store at every scene group it writes, which
+    costs a pass over every earlier scene each time (minutes per scene at a thousand scenes).
+    """
+    try:
+        zarr.consolidate_metadata(store, zarr_format=_ZARR_FORMAT)
+    except OSError as err:
+        raise output_error(store, err) from None
 
 
 def store_attrs(store: Path) -> dict:
@@ -149,8 +162,13 @@ def store_attrs(store: Path) -> dict:
 
 
 def set_store_attrs(store: Path, **attrs: object) -> None:
-    """Create the mosaic store if needed (in the mosaic's Zarr format) and set attributes of its root group."""
-    zarr.open_group(store, mode="a", zarr_format=_ZARR_FORMAT).attrs.update(attrs)
+    """Create the mosaic store if needed (in the mosaic's Zarr format) and set attributes of its root group.
+
+    Opened without the consolidated index, which this write then drops: scene groups added during the run would
+    be missing from it (the index is rebuilt when the run ends, :func:`consolidate_mosaics`).
+    """
+    group = zarr.open_group(store, mode="a", zarr_format=_ZARR_FORMAT, use_consolidated=False)
+    group.attrs.update(attrs)
 
 
 def _stored(store: Path, scene_id: str) -> dict | None:
@@ -177,7 +195,10 @@ def write_core(store: Path, scene_id: str, core: PixelWindow, codes: np.ndarray)
 
 
 def open_mosaic(store: Path, scene_id: str) -> xr.Dataset:
-    """Open a scene's mosaic lazily, with its CRS and transform decoded (``.rio.crs``, ``.rio.transform()``)."""
+    """Open a scene's mosaic lazily, with its CRS and transform decoded (``.rio.crs``, ``.rio.transform()``).
+
+    Reads the group's own metadata (a few small files), not the store's index: that is rebuilt only when a run ends.
+    """
     import rioxarray  # noqa: F401
 
-    return xr.open_zarr(store, group=scene_id, decode_coords="all")
+    return xr.open_zarr(store, group=scene_id, decode_coords="all", consolidated=False)

@@ -29,6 +29,7 @@ from scipy import ndimage
 from rsrs.core.files import atomic_path
 from rsrs.pipeline.area import area_m2
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+from rsrs.pipeline.geoparquet import geoparquet_writer
 from rsrs.pipeline.mosaic import decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
@@ -36,6 +37,11 @@ COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
 # then reads together with any other (pyarrow.dataset, DuckDB), where Arrow's null type would not.
 _STRING = pd.ArrowDtype(pa.string())
 _DTYPES = {"scene_id": _STRING, "query_id": _STRING, "query": _STRING, "score": np.float64, "area_m2": np.float64}
+
+# Shapes are traced in scene pixels: the core at the scene's origin has the identity transform on purpose, and
+# rasterio's warning about it would reach the user's terminal from every worker. A process-wide filter, as tiles
+# are polygonised on several threads at once (``catch_warnings`` is not thread-safe).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 @dataclass(frozen=True)
@@ -235,9 +241,9 @@ def empty_frame(vector_crs: str) -> gpd.GeoDataFrame:
 
 
 def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
-    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically, with the columns' fixed types."""
-    with atomic_path(path) as tmp:
-        frame.astype(_DTYPES).to_parquet(tmp, schema_version="1.1.0", write_covering_bbox=True, index=False)
+    """Write GeoParquet 1.1 (PROJJSON CRS, bbox covering column) atomically; see :mod:`rsrs.pipeline.geoparquet`."""
+    with geoparquet_writer(path, crs=frame.crs) as write:
+        write(frame)
 
 
 def save_tile(tile: TilePolygons, path: Path) -> None:

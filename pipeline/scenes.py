@@ -25,15 +25,14 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rsrs.core.errors import InputDataError, RsrsError
 from rsrs.pipeline.geometry import RasterGrid
+from rsrs.pipeline.network import http_options
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec, resolve_scaling
 
-#: GDAL settings for every open: no directory listing per remote file, a few retries on flaky servers, and
-#: a few threads to decode the blocks of one read (GeoTIFF, GDAL >= 3.6) without the GIL.
+#: GDAL settings for every open: no directory listing per remote file and a few threads to decode the blocks of
+#: one read (GeoTIFF, GDAL >= 3.6) without the GIL; HTTP retries and timeouts come from :mod:`rsrs.pipeline.network`.
 GDAL_ENV = {
     "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1)),
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MAX_RETRY": "3",
-    "GDAL_HTTP_RETRY_DELAY": "1",
 }
 
 _VSI_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
@@ -45,6 +44,13 @@ class SceneNotFoundError(RsrsError, FileNotFoundError):
 
 class SceneReadError(InputDataError):
     """A raster exists but cannot be used: unreadable, no CRS or georeferencing, a band it does not have."""
+
+
+class RemoteReadError(SceneReadError, ConnectionError):
+    """A remote raster's server or the network kept failing (HTTP 429/5xx, resets, timeouts) through every retry."""
+
+
+_SERVER_FAILURE = re.compile(r"HTTP response code: (429|5\d\d)|CURL error")
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,17 @@ def open_raster(href: str) -> Iterator[rasterio.DatasetReader]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # reported as an error by _grid_of
-            with rasterio.Env(**GDAL_ENV), rasterio.open(path) as dataset:
+            with rasterio.Env(**GDAL_ENV, **http_options().gdal_env()), rasterio.open(path) as dataset:
                 yield dataset
     except RasterioIOError as err:
         reason = str(err).splitlines()[0]
         if "404" in reason or "No such file" in reason:
             raise SceneNotFoundError(f"raster not found: {href} ({reason}); check the path or URL") from err
+        if _SERVER_FAILURE.search(reason):
+            raise RemoteReadError(
+                f"cannot read {href}: {reason} (after {http_options().retries} retries); rerun later (finished scenes "
+                "are kept) or raise network.retries / network.timeout_s"
+            ) from err
         raise SceneReadError(
             f"cannot read {href} as a raster ({reason}); check that it is a complete GeoTIFF/COG that GDAL can open"
         ) from err

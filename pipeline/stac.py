@@ -20,13 +20,23 @@ import pystac
 import pystac_client
 import requests
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 
 from rsrs.core.errors import InputDataError
+from rsrs.pipeline.network import DEFAULT_HTTP, HttpOptions
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec
 from rsrs.pipeline.scenes import BandSource, Scene, default_bands, gdal_path, open_raster, scene_from_sources
 
 #: Asset keys tried, in order, when an item has several image assets and none was named.
 PREFERRED_ASSETS = ("visual", "image", "data", "rgb")
+#: Items asked per page of an API search (servers may answer fewer): few round trips for a large catalog.
+PAGE_SIZE = 100
+#: How a request that got no HTTP answer ended (urllib3's words) -> what to say.
+_DROPPED = {
+    "timed out": "did not answer within {timeout:g} s",
+    "Remote end closed connection": "closed the connection without answering",
+    "reset by peer": "reset the connection",
+}
 
 
 class StacError(InputDataError):
@@ -115,16 +125,28 @@ def _matches(item: pystac.Item, *, collections, bbox, interval) -> bool:
     return True
 
 
-def search_api(api: str, **search: Any) -> list[pystac.Item]:
-    """Items of an API search (collections, bbox, datetime, query or CQL2 filter, max_items)."""
+def search_api(api: str, *, http: HttpOptions = DEFAULT_HTTP, **search: Any) -> list[pystac.Item]:
+    """Items of an API search (collections, bbox, datetime, query or CQL2 filter, max_items), every page of it.
+
+    Each request is retried as ``http`` says (HTTP 429/5xx, resets, timeouts); the final failure is one line.
+    """
     try:
-        client = pystac_client.Client.open(api)
+        stac_io = StacApiIO(max_retries=http.retry())
+        client = pystac_client.Client.open(api, stac_io=stac_io, timeout=http.timeout_s)  # open sets the timeout
         if search.get("filter") is not None:  # say which CQL2 form it is, rather than have it converted
             search["filter_lang"] = "cql2-text" if isinstance(search["filter"], str) else "cql2-json"
-        return list(client.search(**{k: v for k, v in search.items() if v is not None}).items())
+        search = {k: v for k, v in search.items() if v is not None}
+        return list(client.search(limit=min(PAGE_SIZE, search.get("max_items") or PAGE_SIZE), **search).items())
     except APIError as err:
         text = " ".join(str(err).split())
-        if getattr(err, "status_code", None) is None:  # no HTTP answer: refused, unknown host, timeout
+        tried = f"{http.retries} retries" if http.retries else "no retries"
+        if getattr(err, "status_code", None) is None:  # no HTTP answer: refused, unknown host, timeout, hang-up
+            dropped = next((said for cause, said in _DROPPED.items() if cause in text), None)
+            if dropped is not None:
+                said = dropped.format(timeout=http.timeout_s)
+                raise StacApiError(
+                    f"STAC API {api} {said} ({tried}); rerun later, or raise network.timeout_s / network.retries"
+                ) from err
             errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
             reason = errno.group(1) if errno else "no answer"
             raise StacApiError(
@@ -132,8 +154,8 @@ def search_api(api: str, **search: Any) -> list[pystac.Item]:
                 "is up and reachable from here"
             ) from err
         raise StacApiError(
-            f"STAC API {api} answered with HTTP {err.status_code} ({text[:200]}); check the "
-            "URL and the search parameters"
+            f"STAC API {api} answered with HTTP {err.status_code} ({text[:200]}; {tried}); check the "
+            "URL and the search parameters, or rerun later if the server is failing"
         ) from err
     except requests.RequestException as err:
         reason = type(err).__name__
@@ -148,6 +170,7 @@ def search_api(api: str, **search: Any) -> list[pystac.Item]:
 
 def load_items(
     *,
+    http: HttpOptions = DEFAULT_HTTP,
     catalog: str | None = None,
     api: str | None = None,
     collections: Sequence[str] | None = None,
@@ -157,11 +180,13 @@ def load_items(
     filter: dict | str | None = None,
     max_items: int | None = None,
 ) -> list[pystac.Item]:
-    """Items from a static ``catalog`` file or an ``api`` search; :class:`StacError` when none match."""
+    """Items from a static ``catalog`` file or an ``api`` search (``http``: its retries); :class:`StacError` when
+    none match."""
     assert (catalog is None) != (api is None), "exactly one of catalog and api"
     if api is not None:
         items = search_api(
             api,
+            http=http,
             collections=list(collections) if collections else None,
             bbox=list(bbox) if bbox else None,
             datetime=datetime,

@@ -6,7 +6,8 @@ batch, a thread reads the next; each predicted tile goes, as uint8 codes, to the
 writes its Zarr chunk, polygonises it and marks it done.
 
 Each tile is finished by writing its Zarr chunk and then its polygon sidecar ``<tiles_dir>/<key>.parquet``; the
-sidecar's presence is the resume marker, so a tile interrupted between the two is simply redone. A window that
+sidecar's presence is the resume marker, so a tile interrupted between the two is simply redone. A write that fails
+(a full or read-only disk) raises :class:`~rsrs.core.errors.OutputError`, one line naming the path. A window that
 cannot be read (a corrupt block) ends the task with a :class:`TileFailure` value, not an exception: the tiles
 before it stay finished, and the scene's fate (skipped or the run stopped) is the client's decision.
 """
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rsrs.core.files import output_error
 from rsrs.pipeline.finisher import IO_THREADS
 from rsrs.pipeline.geometry import PixelWindow
 from rsrs.pipeline.mosaic import mark_nodata, write_core
+from rsrs.pipeline.network import DEFAULT_HTTP, HttpOptions, use_http_options
 from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
 from rsrs.pipeline.reading import TileReadError, read_tiles
 from rsrs.pipeline.resident import ModelRef, ResidentModel, resident_model
@@ -43,6 +46,7 @@ class BatchTask:
     tiles_dir: str
     threshold: float
     batch_size: int
+    http: HttpOptions = DEFAULT_HTTP  # retries and timeouts of remote reads
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
 
 def run_batch(task: BatchTask) -> BatchResult:
     """Run the model over ``task.tiles`` in model batches of ``task.batch_size``, overlapping I/O with it."""
+    use_http_options(task.http)
     resident = resident_model(task.model)
     with resident.timed("task", task.tiles[0].key if task.tiles else ""):
         return _run_batch(resident, task)
@@ -88,7 +93,10 @@ def run_batch(task: BatchTask) -> BatchResult:
 def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     result = BatchResult(scene_id=task.scene.id, device=str(resident.device))
     groups = [task.tiles[i : i + task.batch_size] for i in range(0, len(task.tiles), task.batch_size)]
-    Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
     with ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io, ThreadPoolExecutor(1, "rsrs-read") as reader:
         pending_read = reader.submit(_read_group, resident, io, task.scene, groups[0]) if groups else None
@@ -140,7 +148,10 @@ def finish_tile(task: BatchTask, tile: Tile, codes: np.ndarray | None) -> tuple[
     if codes is None:
         polygons = TilePolygons.empty(tile.key, skipped=True)
     else:
-        write_core(Path(task.store), task.scene.id, tile.core, codes)
+        try:
+            write_core(Path(task.store), task.scene.id, tile.core, codes)
+        except OSError as err:  # a full or read-only disk: one line naming the mosaic, as for every output
+            raise output_error(Path(task.store) / task.scene.id, err) from None
         polygons = polygonise_codes(
             codes, key=tile.key, core=tile.core, scene_shape=task.scene.grid.shape, threshold=task.threshold
         )

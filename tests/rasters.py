@@ -125,3 +125,36 @@ def write_band_files(
             write_geotiff(folder / f"{name}.tif", shape=band_shape, count=1, res=band_res, seed=seed + i, **kwargs)
         )
     return paths
+
+
+def write_poison_vrt(path: str | Path, source: str | Path, *, rows: tuple[int, int], cols: tuple[int, int]) -> Path:
+    """A VRT over the 3-band uint8 GeoTIFF ``source`` whose pixel function (GDAL's Python pixel functions, run only
+    where ``GDAL_VRT_ENABLE_PYTHON=YES``) segfaults the reading process when a read touches ``rows`` x ``cols``
+    (scene pixels, half-open): a file that crashes whatever reads that region, as a corrupt file can crash GDAL."""
+    path = Path(path)
+    with rasterio.open(source) as src:
+        ny, nx = src.shape
+        transform, crs = src.transform, src.crs.to_wkt()
+    (r0, r1), (c0, c1) = rows, cols
+    code = f"""
+def poison(in_ar, out_ar, xoff, yoff, xsize, ysize, raster_xsize, raster_ysize, buf_radius, gt, **kwargs):
+    if yoff < {r1} and yoff + ysize > {r0} and xoff < {c1} and xoff + xsize > {c0}:
+        import ctypes
+        ctypes.string_at(0)  # SIGSEGV
+    out_ar[:] = in_ar[0]
+"""
+    bands = "".join(
+        f"""<VRTRasterBand dataType="Byte" band="{b}" subClass="VRTDerivedRasterBand">
+    <PixelFunctionType>poison</PixelFunctionType><PixelFunctionLanguage>Python</PixelFunctionLanguage>
+    <PixelFunctionCode><![CDATA[{code}]]></PixelFunctionCode>
+    <SimpleSource><SourceFilename relativeToVRT="0">{Path(source).resolve()}</SourceFilename>
+      <SourceBand>{b}</SourceBand></SimpleSource>
+  </VRTRasterBand>"""
+        for b in (1, 2, 3)
+    )
+    gt = ",".join(str(v) for v in transform.to_gdal())
+    path.write_text(
+        f'<VRTDataset rasterXSize="{nx}" rasterYSize="{ny}"><SRS>{crs}</SRS><GeoTransform>{gt}</GeoTransform>'
+        f"{bands}</VRTDataset>"
+    )
+    return path

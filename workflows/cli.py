@@ -9,6 +9,7 @@ import sys
 import click
 
 from rsrs.core.errors import RsrsError
+from rsrs.workflows.interrupts import Terminated, sigterm_stops
 
 # name -> (module:attribute of the Click command, one-line help). Modules load only when their command runs,
 # so `rsrs --help` stays fast (the model stack alone takes seconds to import).
@@ -26,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class RsrsGroup(click.Group):
-    """The ``rsrs`` group: lazily imported commands, and :class:`RsrsError` as one line + exit 1 (trace with -v)."""
+    """The ``rsrs`` group: lazily imported commands, :class:`RsrsError` as one line + exit 1 (trace with -v), Ctrl-C
+    and SIGTERM as one line + exit 130 / 143."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: D102
         return sorted(set(COMMANDS) | set(self.commands))
@@ -47,15 +49,17 @@ class RsrsGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
-            return super().invoke(ctx)
+            with sigterm_stops():
+                return super().invoke(ctx)
         except RsrsError as err:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
             click.echo(f"Error: {err}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; finished work is kept (rerun the same command to resume).", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:
+            stopped_by = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
+            click.echo(f"{stopped_by}; finished work is kept (rerun the same command to resume).", err=True)
+            sys.exit(143 if isinstance(err, Terminated) else 130)
 
 
 @click.group(cls=RsrsGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,7 +55,13 @@ def visible_gpus() -> int:
 
 
 def _local_cluster(compute: Compute) -> LocalCluster:
-    """A local cluster sized from ``compute``: GPU workers when GPUs are wanted and present, else CPU."""
+    """A local cluster sized from ``compute``: GPU workers when GPUs are wanted and present, else CPU. Its scheduler
+    reschedules a task whose worker died at most ``compute.allowed_failures`` times."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": compute.allowed_failures}):
+        return _start_local_cluster(compute)
+
+
+def _start_local_cluster(compute: Compute) -> LocalCluster:
     gpus = visible_gpus() if compute.gpus_per_worker != 0 else 0
     if gpus:
         n_workers = min(compute.n_workers, gpus)
@@ -96,31 +102,49 @@ def dask_client(compute: Compute, *, scheduler: str | None = None) -> Iterator[C
         with client:
             yield client
         return
-    with _ctrl_c_for_the_client_only(), warnings.catch_warnings():
+    with _stop_signals_for_the_client_only(), warnings.catch_warnings():
         # another cluster holds Dask's default dashboard port: this one takes a free port, printed with the run
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         cluster = _local_cluster(compute)
-    with cluster, Client(cluster) as client:
-        try:
-            yield client
-        except KeyboardInterrupt:  # stopping busy workers is expected now: no warnings about it
-            logging.getLogger("distributed").setLevel(QUIET)
-            raise
+    scheduler_log = logging.getLogger("distributed.scheduler")  # the local scheduler runs in this process
+    scheduler_log.addFilter(_killed_worker_said_by_rsrs)
+    try:
+        with cluster, Client(cluster) as client:
+            try:
+                yield client
+            except KeyboardInterrupt:  # stopping busy workers is expected now: no warnings about it
+                logging.getLogger("distributed").setLevel(QUIET)
+                raise
+    finally:
+        scheduler_log.removeFilter(_killed_worker_said_by_rsrs)
+
+
+def _task_error_said_by_rsrs(record: logging.LogRecord) -> bool:
+    """Drop a worker's "Compute Failed" log: the task's error comes back to the client, which reports it."""
+    return not str(record.msg).startswith("Compute Failed")
+
+
+def _killed_worker_said_by_rsrs(record: logging.LogRecord) -> bool:
+    """Drop the scheduler's error line for a task whose workers kept dying: rsrs reports it as the scene's error,
+    naming the tiles."""
+    return "workers died while trying to run it" not in str(record.msg)
 
 
 @contextmanager
-def _ctrl_c_for_the_client_only() -> Iterator[None]:
-    """Start local worker processes with Ctrl-C (SIGINT) ignored: a terminal sends it to the whole process group,
-    and each worker would print its own KeyboardInterrupt traceback. The client alone stops the run and shuts the
-    cluster down (Python keeps a signal ignored at start-up ignored)."""
+def _stop_signals_for_the_client_only() -> Iterator[None]:
+    """Start local worker processes with Ctrl-C (SIGINT) and SIGTERM ignored: a terminal (or a batch system's
+    cancel) signals the whole process group, and each worker would print its own traceback or die mid-chunk. The
+    client alone stops the run and shuts the cluster down (Python keeps a signal ignored at start-up ignored; the
+    nanny stops its worker through a queue, or with SIGKILL)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def uses_gpus(client: Client) -> bool:
@@ -135,6 +159,8 @@ class ResidentModelPlugin(WorkerPlugin):
     ``torch_threads`` sets torch's intra-op threads (Dask's nanny starts workers with OMP_NUM_THREADS=1);
     None leaves the worker's setting. On a worker seeing several GPUs, the worker's integer name picks one.
     ``warm_up=(batch, tile)``: the job's batch shape, run once on a GPU as the model loads.
+    ``quiet_task_errors``: drop the worker's own "Compute Failed" log of a task's exception (on the clusters rsrs
+    starts, whose workers print to the user's terminal: the client reports the error as the scene's, in one line).
     """
 
     name = "rsrs-resident-model"
@@ -146,14 +172,19 @@ class ResidentModelPlugin(WorkerPlugin):
         *,
         torch_threads: int | None,
         warm_up: tuple[int, int] | None = None,
+        quiet_task_errors: bool = False,
     ) -> None:
         self.model = model
         self.query_texts = query_texts
         self.torch_threads = torch_threads
         self.warm_up = warm_up
+        self.quiet_task_errors = quiet_task_errors
 
     def setup(self, worker: Any) -> None:
         import torch
+
+        if self.quiet_task_errors:
+            logging.getLogger("distributed.worker").addFilter(_task_error_said_by_rsrs)
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
@@ -177,11 +208,32 @@ def load_models(
     """Register :class:`ResidentModelPlugin` (blocks until every current worker has loaded the model)."""
     n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if local else None
-    plugin = ResidentModelPlugin(model, query_texts, torch_threads=threads, warm_up=warm_up)
-    responses = client.register_plugin(plugin)
+    plugin = ResidentModelPlugin(model, query_texts, torch_threads=threads, warm_up=warm_up, quiet_task_errors=local)
+    try:
+        responses = client.register_plugin(plugin)
+    except Exception as err:  # a worker that cannot even unpickle the plugin fails the whole registration
+        check_workers_have_rsrs(client)
+        raise ClusterError(f"workers could not load model {model.source!r}: {err}") from None
     errors = [r for r in (responses or {}).values() if isinstance(r, dict) and r.get("status") == "error"]
     if errors:
         raise ClusterError(f"workers could not load model {model.source!r}: {errors[0].get('exception')}")
+
+
+def _rsrs_importable() -> bool:
+    """Runs on a worker: unpickling this function imports rsrs, which is the test."""
+    return True
+
+
+def check_workers_have_rsrs(client: Client) -> None:
+    """Raise :class:`ClusterError` naming the workers that cannot import rsrs (their tasks could never run)."""
+    answers = client.run(_rsrs_importable, on_error="return")
+    missing = sorted(address for address, answer in answers.items() if answer is not True)
+    if missing:
+        reason = next(str(a) for a in answers.values() if a is not True)
+        raise ClusterError(
+            f"worker(s) {', '.join(missing)} cannot import rsrs ({reason}); install rsrs (the version of this client) "
+            "in every worker's environment, or stop those workers"
+        )
 
 
 def bounded_map(
@@ -189,16 +241,18 @@ def bounded_map(
     func: Callable[[T], R],
     items: Iterable[tuple[K, T]],
     *,
-    max_in_flight: int,
+    max_in_flight: int | Callable[[], int],
     resources: dict[str, float] | None = None,
 ) -> Iterator[tuple[K, R | BaseException]]:
     """Submit ``func(arg)`` for each ``(tag, arg)`` lazily, at most ``max_in_flight`` at once; yield
     ``(tag, result or error)`` as they finish. Tags stay on the client (they need not pickle).
 
     ``items`` is consumed only as slots free up, so a generator may skip work based on earlier results.
+    ``max_in_flight`` may be a function, asked again as each task finishes (a cluster whose workers come and go).
     """
     items = iter(items)
     pending: dict[Any, K] = {}
+    limit = max_in_flight if callable(max_in_flight) else lambda: max_in_flight
 
     def submit_next() -> bool:
         entry = next(items, None)
@@ -210,10 +264,13 @@ def bounded_map(
         done.add(future)
         return True
 
+    def fill() -> None:
+        wanted = max(1, limit())
+        while len(pending) < wanted and submit_next():
+            pass
+
     done = as_completed()
-    for _ in range(max_in_flight):
-        if not submit_next():
-            break
+    fill()
     for future in done:
         tag = pending.pop(future.key)
         try:
@@ -222,4 +279,4 @@ def bounded_map(
             outcome = err
         future.release()
         yield tag, outcome
-        submit_next()
+        fill()

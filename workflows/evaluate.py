@@ -94,7 +94,7 @@ def evaluate(
     "model_spec",
     required=True,
     metavar="MODEL",
-    help="Preset name (see `rsrs models`), model config YAML, or checkpoint .safetensors.",
+    help="Preset name (see `rsrs models`), model config YAML, checkpoint .safetensors, or released RSRefSeg 2 .pth.",
 )
 @click.option(
     "--data",

@@ -9,6 +9,7 @@ scenes. Query-first folders would not make a ready mosaic anyway: a run's scenes
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,17 +69,18 @@ def read_run(run_dir: Path) -> RunOutputs:
 
 def export_cogs(run_dir: Path, *, progress: bool = True) -> CogExport:
     """Write the COGs of every finished scene of the run in ``run_dir``; keep those already current."""
+    run = read_run(run_dir)
+    return write_run_cogs(run.masks, run.scene_ids, Path(run_dir) / COGS, queries=len(run.query_ids),
+                          progress=progress)  # fmt: skip
+
+
+def write_run_cogs(masks: Path, scene_ids: Sequence[str], folder: Path, *, queries: int, progress: bool) -> CogExport:
+    """Write ``folder/<scene_id>/<query_id>.tif`` for each scene of the mosaic store ``masks``, with a progress bar
+    of ``len(scene_ids) * queries`` COGs; keep those already current (what ``output.cog`` and export share)."""
     from rsrs.pipeline.cog import write_scene_cogs  # GDAL only once there is work
 
-    run = read_run(run_dir)
     result = CogExport()
-    bar = tqdm(
-        total=len(run.scene_ids) * len(run.query_ids),
-        unit="COG",
-        desc="rsrs export",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=len(scene_ids) * queries, unit="COG", desc="COGs", disable=not progress, dynamic_ncols=True)
 
     def done(query_id: str, written: bool) -> None:
         result.written += written
@@ -86,11 +88,9 @@ def export_cogs(run_dir: Path, *, progress: bool = True) -> CogExport:
         bar.update(1)
 
     try:
-        for scene_id in run.scene_ids:
+        for scene_id in scene_ids:
             bar.set_postfix_str(scene_id)
-            result.paths[scene_id] = write_scene_cogs(
-                run.masks, scene_id, Path(run_dir) / COGS / scene_id, on_file=done
-            )
+            result.paths[scene_id] = write_scene_cogs(masks, scene_id, folder / scene_id, on_file=done)
     finally:
         bar.close()
     return result
@@ -122,3 +122,8 @@ def export_command(run_dir: Path, cog: bool) -> None:
         raise click.UsageError("nothing to export; add --cog (Cloud-Optimized GeoTIFFs of the probabilities)")
     result = export_cogs(run_dir)
     click.echo(f"{result.written} COG(s) written, {result.kept} already current, in {Path(run_dir) / COGS}", err=True)
+    click.echo(
+        "catalog.json lists the COGs a run writes itself: rerun the job with output.cog: true to add them "
+        "(nothing is recomputed)",
+        err=True,
+    )

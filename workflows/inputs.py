@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from rsrs.core.errors import RsrsError
+from rsrs.pipeline.network import HttpOptions, use_http_options
 from rsrs.pipeline.scenes import Scene, deduplicate_ids, expand_paths, scene_from_raster
 from rsrs.pipeline.stac import load_items, scene_from_item
 from rsrs.workflows.job import InputSpec, Job
@@ -43,7 +44,7 @@ class ResolvedInputs:
     failures: list[InputFailure] = field(default_factory=list)
 
 
-def _attempts(spec: InputSpec) -> Iterator[tuple[str, Callable[[], Scene]]]:
+def _attempts(spec: InputSpec, http: HttpOptions) -> Iterator[tuple[str, Callable[[], Scene]]]:
     """``(source, make_scene)`` per scene an input names; listing the input itself may raise."""
     scaling = spec.scaling.spec()
     if spec.geotiff is not None:
@@ -53,6 +54,7 @@ def _attempts(spec: InputSpec) -> Iterator[tuple[str, Callable[[], Scene]]]:
     stac = spec.stac
     assert stac is not None
     items = load_items(
+        http=http,
         catalog=stac.catalog,
         api=stac.api,
         collections=stac.collections,
@@ -74,8 +76,11 @@ def _attempts(spec: InputSpec) -> Iterator[tuple[str, Callable[[], Scene]]]:
 def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS, progress: bool = False) -> ResolvedInputs:
     """Every scene of ``job``'s inputs, ``threads`` opened at once; failures are recorded (``skip``) or raised.
 
-    ``progress``: a bar over the scenes being opened (on stderr), when there are many.
+    ``progress``: a bar over the scenes being opened (on stderr), when there are many. The job's ``network``
+    options become this process's GDAL HTTP settings (:func:`rsrs.pipeline.network.use_http_options`).
     """
+    http = job.network.options()
+    use_http_options(http)
     resolved = ResolvedInputs()
 
     def failed(source: str, err: RsrsError) -> None:
@@ -87,16 +92,19 @@ def resolve_scenes(job: Job, *, threads: int = RESOLVE_THREADS, progress: bool =
     entries: list[tuple[str, Callable[[], Scene] | RsrsError]] = []  # (source, how to open it or why not)
     for spec in job.inputs:
         try:
-            entries += list(_attempts(spec))
+            entries += list(_attempts(spec, http))
         except RsrsError as err:
             entries.append((spec.label, err))
             if job.on_error == "fail":
                 break  # no later input can fail first
-    with ThreadPoolExecutor(threads, "rsrs-resolve") as pool:
+    pool = ThreadPoolExecutor(threads, "rsrs-resolve")
+    try:
         opened = pool.map(_scene_or_error, [entry for _, entry in entries])
-        bar = tqdm(opened, total=len(entries), desc="opening scenes", unit="scene", dynamic_ncols=True,
-                   disable=not progress or len(entries) < PROGRESS_FROM, leave=False)  # fmt: skip
-        outcomes = list(bar)
+        with tqdm(opened, total=len(entries), desc="opening scenes", unit="scene", dynamic_ncols=True,
+                  disable=not progress or len(entries) < PROGRESS_FROM, leave=False) as bar:  # fmt: skip
+            outcomes = list(bar)
+    finally:  # on Ctrl-C or SIGTERM the scenes not yet opening are dropped, not opened first
+        pool.shutdown(wait=False, cancel_futures=True)
     for (source, _), outcome in zip(entries, outcomes, strict=True):
         if isinstance(outcome, RsrsError):
             failed(source, outcome)

@@ -19,6 +19,7 @@ from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 if TYPE_CHECKING:  # the job schema loads without numpy, GDAL or pyproj: its errors answer at once
+    from rsrs.pipeline.network import HttpOptions
     from rsrs.pipeline.scaling import ScalingSpec
 
 #: The model used when a job names none.
@@ -249,6 +250,7 @@ class Output(_Strict):
     min_area_m2: Annotated[float, Field(ge=0.0)] = 0.0
     vector_crs: str = "EPSG:4326"
     overlay: bool = False  # write overlays/<scene_id>.png: the scene, each query's mask and polygons, a legend
+    cog: bool = False  # write cogs/<scene_id>/<query_id>.tif: Cloud-Optimized GeoTIFFs of the probabilities
 
     resolve_paths = field_validator("dir")(_resolve)
 
@@ -265,11 +267,36 @@ class Output(_Strict):
 
 
 class Compute(_Strict):
-    """The Dask cluster: an existing ``scheduler`` address, or a local one of ``n_workers``."""
+    """The Dask cluster: an existing ``scheduler`` address, or a local one of ``n_workers``.
+
+    ``allowed_failures``: how many times a task may be running on a worker that dies (a crash, out of memory, a
+    lost spot machine) and be rescheduled before its scene fails (Dask's ``distributed.scheduler.allowed-failures``;
+    for the clusters rsrs starts: an existing cluster's scheduler keeps its own setting).
+    """
 
     scheduler: str | None = None
     n_workers: Annotated[int, Field(ge=1)] = 1
     gpus_per_worker: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    allowed_failures: Annotated[int, Field(ge=0)] = 3
+
+
+class Network(_Strict):
+    """Retries and timeouts for remote inputs (COGs read through GDAL, STAC API searches).
+
+    A request that fails with HTTP 429/500/502/503/504, a reset connection or a timeout is retried ``retries``
+    times, waiting ``retry_delay_s`` and then exponentially longer; a request not finished within ``timeout_s``
+    seconds (a stalled server) is abandoned and retried.
+    """
+
+    retries: Annotated[int, Field(ge=0)] = 5
+    retry_delay_s: Annotated[float, Field(ge=0.0)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
+
+    def options(self) -> HttpOptions:
+        """The pipeline's form of this section."""
+        from rsrs.pipeline.network import HttpOptions
+
+        return HttpOptions(retries=self.retries, retry_delay_s=self.retry_delay_s, timeout_s=self.timeout_s)
 
 
 class Job(_Strict):
@@ -281,6 +308,7 @@ class Job(_Strict):
     tiling: Tiling = Tiling()
     output: Output = Output()
     compute: Compute = Compute()
+    network: Network = Network()
     on_error: Literal["skip", "fail"] = "skip"
 
     _source: str | None = PrivateAttr(default=None)

@@ -53,13 +53,17 @@ def run_command(job_file: Path, scheduler: str | None, overwrite: bool, dry_run:
     \b
     Outputs (in output.dir):
       masks.zarr/<scene>/probability   (query, y, x) probabilities, source CRS
-      polygons.parquet                 GeoParquet: scene_id, query_id, query, score, area_m2, geometry
+      polygons.parquet/<scene>.parquet GeoParquet: scene_id, query_id, query, score, area_m2, geometry
+                                       (read the folder as one table: geopandas.read_parquet)
+      catalog.json, items/<scene>.json a STAC Collection of the run, one Item per scene (pystac, QGIS)
       run.json                         the job, the model, per-scene tiles, timings and errors
       tiles/<scene>/*.parquet          per-tile polygons: the resume markers
       overlays/<scene>.png             with output.overlay: true
+      cogs/<scene>/<query>.tif         with output.cog: true: Cloud-Optimized GeoTIFFs (QGIS, GDAL)
 
     Rerunning the same job resumes it (finished tiles are not recomputed); a folder holding another job's
-    outputs is refused unless --overwrite. Ctrl-C stops the run; rerun to resume.
+    outputs is refused unless --overwrite, and a folder a live run holds is refused. Ctrl-C or SIGTERM stops the
+    run; rerun to resume.
     """
     job = load_job(job_file)
     if output_dir is not None:

@@ -33,10 +33,9 @@ from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.mosaic import FILL, SCALE, VARIABLE
 from rsrs.pipeline.scenes import Scene, safe_id
 from rsrs.workflows.job import Job
+from rsrs.workflows.run_outputs import CATALOG, ITEMS, MASKS
 from rsrs.workflows.run_report import SceneReport, SceneStatus
 
-#: The run's collection and the folder of its items, inside the run folder.
-CATALOG, ITEMS = "catalog.json", "items"
 #: Points per footprint edge (enough for a projected grid's edges to stay true in EPSG:4326), and the
 #: tolerance (degrees, about 1 cm) within which points on a straight line are dropped again.
 EDGE_POINTS, STRAIGHT_DEG = 16, 1e-7
@@ -51,7 +50,7 @@ class SceneOutputs:
     ``overlay`` the PNG picture. Anything left ``None``/empty gets no asset.
     """
 
-    mosaic: str = "masks.zarr"
+    mosaic: str = MASKS
     cogs: Mapping[str, str] = field(default_factory=dict)
     polygons: str | None = None
     overlay: str | None = None

@@ -1,17 +1,32 @@
 """Computing a run's tiles on a Dask cluster: the tasks go out lazily, a bounded number at a time, and each
-task's outcome (its :class:`~rsrs.pipeline.tasks.BatchResult`, or the error Dask raised) comes back as a value."""
+task's outcome (its :class:`~rsrs.pipeline.tasks.BatchResult`, or the error Dask raised) comes back as a value.
+
+Each worker gets only the tasks it can start at once, none waiting behind them: when a worker dies, Dask counts
+the death against the tasks it was running (``allowed-failures``), not against one queued behind a tile that
+crashes every process reading it. A task that keeps killing its workers (``KilledWorker``) is split: each of its
+tiles runs again as a task of its own, so the tile that crashes is named and its neighbours finish.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from distributed import Client, KilledWorker
+
 from rsrs.pipeline.resident import ModelRef
-from rsrs.pipeline.tasks import BatchResult, run_batch
+from rsrs.pipeline.tasks import BatchResult, BatchTask
+from rsrs.pipeline.tiling import Tile
 from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
 from rsrs.workflows.job import Job
 from rsrs.workflows.run_outputs import MASKS, TILES
 from rsrs.workflows.run_plan import ScenePlan, batch_tasks
+from rsrs.workflows.run_report import SceneStatus
+from rsrs.workflows.run_workers import WorkerLog, run_on_worker
+
+Tagged = tuple[tuple[ScenePlan, BatchTask], BatchTask]
 
 
 def compute_tiles(
@@ -22,19 +37,64 @@ def compute_tiles(
     *,
     scheduler: str | None,
     notify: Callable[[str], None],
-) -> Iterator[tuple[ScenePlan, BatchResult | BaseException, int]]:
-    """Run the plans' tasks on the job's cluster; yield (plan, outcome, tiles in the task) as tasks finish."""
+    workers: WorkerLog,
+    prepare: Callable[[ScenePlan], None],
+) -> Iterator[tuple[ScenePlan, BatchResult | BaseException, tuple[Tile, ...]]]:
+    """Run the plans' tasks on the job's cluster; yield (plan, outcome, the task's tiles) as tasks finish.
+
+    ``workers`` records which worker ran each task and, at the end, the workers lost meanwhile; ``prepare(plan)``
+    runs before a scene's first task is submitted.
+    """
     texts = tuple(q.text for q in job.queries)
     with dask_client(job.compute, scheduler=scheduler) as client:
         notify(f"Dask dashboard: {client.dashboard_link}")
         local = not (scheduler or job.compute.scheduler)
+        workers.allowed_failures = job.compute.allowed_failures if local else None
         load_models(client, model, texts, local=local, warm_up=(job.tiling.batch_size, job.tiling.tile_size))
         resources = {"GPU": GPU_PER_TASK} if uses_gpus(client) else None
-        n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         running = round(1 / GPU_PER_TASK) if resources else 1  # tasks a worker runs at once
-        tasks = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda sid: str(out / TILES / sid))
-        tagged = (((plan, len(task.tiles)), task) for plan, task in tasks)
-        for (plan, n_tiles), outcome in bounded_map(
-            client, run_batch, tagged, max_in_flight=(running + 1) * n_workers, resources=resources
+        planned = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s),
+                              prepare=prepare)  # fmt: skip
+        tasks = _Tasks(planned)
+        for (plan, task), outcome in bounded_map(
+            client, run_on_worker, tasks, max_in_flight=lambda: running * _n_workers(client), resources=resources
         ):
-            yield plan, outcome, n_tiles
+            if isinstance(outcome, KilledWorker) and len(task.tiles) > 1:
+                tasks.split(plan, task)
+                continue
+            if isinstance(outcome, tuple):
+                address, outcome = outcome
+                workers.tasks[address] += 1
+            yield plan, outcome, task.tiles
+        workers.read_losses(client)
+
+
+class _Tasks:
+    """The run's tasks, tagged with their plan: tasks split after a ``KilledWorker`` first, then the planned ones.
+
+    An iterator that may yield again after it ran dry (:func:`bounded_map` asks again as each task finishes).
+    """
+
+    def __init__(self, planned: Iterator[tuple[ScenePlan, BatchTask]]) -> None:
+        self.planned = planned
+        self.again: deque[tuple[ScenePlan, BatchTask]] = deque()
+
+    def __iter__(self) -> _Tasks:
+        return self
+
+    def __next__(self) -> Tagged:
+        while self.again:
+            plan, task = self.again.popleft()
+            if plan.report.status is not SceneStatus.FAILED:
+                return (plan, task), task
+        plan, task = next(self.planned)
+        return (plan, task), task
+
+    def split(self, plan: ScenePlan, task: BatchTask) -> None:
+        """Run each of ``task``'s tiles again as a task of its own."""
+        self.again.extend((plan, replace(task, tiles=(tile,))) for tile in task.tiles)
+
+
+def _n_workers(client: Client) -> int:
+    """Workers the cluster has now (workers may join or leave during a run)."""
+    return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))

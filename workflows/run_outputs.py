@@ -15,10 +15,12 @@ import shutil
 from pathlib import Path
 
 from rsrs.core.errors import OutputError, RsrsError
+from rsrs.core.files import output_error
 from rsrs.workflows.job import Job
 
 MASKS, TILES, POLYGONS, REPORT, OVERLAYS = "masks.zarr", "tiles", "polygons.parquet", "run.json", "overlays"
 COGS = "cogs"  # Cloud-Optimized GeoTIFFs, cogs/<scene_id>/<query_id>.tif (output.cog, rsrs export --cog)
+CATALOG, ITEMS = "catalog.json", "items"  # the run's STAC Collection and its items/<scene_id>.json
 _IDENTITY_ATTR = "rsrs_job"
 
 
@@ -96,12 +98,14 @@ def claim_output_dir(out: Path, identity: dict, *, overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
         set_store_attrs(out / MASKS, **{_IDENTITY_ATTR: identity})
     except OSError as err:
-        raise OutputError(f"cannot write into {out}: {err.strerror or err}; set output.dir elsewhere") from None
+        raise output_error(out / MASKS, err) from None
 
 
 def clear_outputs(out: Path) -> None:
-    """Delete a run's outputs (and only them) from ``out``."""
-    for name in (MASKS, TILES, OVERLAYS):
+    """Delete a run's outputs (and only them) from ``out``; ``polygons.parquet`` is a folder (or, from older runs,
+    a file)."""
+    for name in (MASKS, TILES, OVERLAYS, POLYGONS, COGS, ITEMS):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in (POLYGONS, REPORT):
-        (out / name).unlink(missing_ok=True)
+    for name in (POLYGONS, REPORT, CATALOG):
+        if (out / name).is_file():
+            (out / name).unlink()

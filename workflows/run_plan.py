@@ -52,11 +52,21 @@ def plan_run(job: Job, scenes: Sequence[Scene], done: Callable[[str], set[str]])
 
 
 def batch_tasks(
-    job: Job, plans: Sequence[ScenePlan], model: ModelRef, *, store: str, tiles_dir: Callable[[str], str]
+    job: Job,
+    plans: Sequence[ScenePlan],
+    model: ModelRef,
+    *,
+    store: str,
+    tiles_dir: Callable[[str], str],
+    prepare: Callable[[ScenePlan], None] = lambda plan: None,
 ) -> Iterator[tuple[ScenePlan, BatchTask]]:
-    """The run's tasks in scene order, made lazily: a scene that has failed submits nothing more."""
+    """The run's tasks in scene order, made lazily: a scene that has failed submits nothing more, and
+    ``prepare(plan)`` (e.g. creating its mosaic) runs just before a scene's first task, while earlier ones compute."""
     texts = tuple(q.text for q in job.queries)
+    http = job.network.options()
     for plan in plans:
+        if plan.tasks:
+            prepare(plan)
         for tiles in plan.tasks:
             if plan.report.status is SceneStatus.FAILED:
                 break
@@ -72,5 +82,6 @@ def batch_tasks(
                     tiles_dir=tiles_dir(plan.id),
                     threshold=job.output.threshold,
                     batch_size=job.tiling.batch_size,
+                    http=http,
                 ),
             )

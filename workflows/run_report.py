@@ -113,8 +113,10 @@ def run_report(
     outputs: dict[str, str],
     started: float,
     dry_run: bool,
+    workers: dict | None = None,
 ) -> dict:
-    """The run report (run.json): resolved job, what decides its outputs, model identity, scenes, totals."""
+    """The run report (run.json): resolved job, what decides its outputs, model identity, scenes, totals, and the
+    cluster's ``workers`` (tasks per worker, workers lost; see :mod:`rsrs.workflows.run_workers`)."""
     return {
         "job": job,
         "job_file": job_file,
@@ -124,6 +126,7 @@ def run_report(
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 3),
         "outputs": outputs,
+        "workers": workers,
         "scenes": [r.to_json() for r in reports],
         "totals": {
             "scenes": len(reports),

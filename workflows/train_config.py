@@ -16,7 +16,7 @@ class TrainModel(StrictModel):
 
     preset: str | None = None
     config: str | None = None
-    init_checkpoint: str | None = Field(None, description="start from these trained weights")
+    init_checkpoint: str | None = Field(None, description="start from these trained weights (.safetensors)")
     trainable: Literal["lora", "all", "all_but_image_encoders"] | None = Field(
         None,
         description="override the model's trained set: 'all' for models without pretrained backbones; "
@@ -27,6 +27,11 @@ class TrainModel(StrictModel):
     def _one_source(self) -> TrainModel:
         if (self.preset is None) == (self.config is None):
             raise ValueError("give exactly one of model.preset or model.config")
+        if self.init_checkpoint is not None and not self.init_checkpoint.endswith(".safetensors"):
+            raise ValueError(
+                f"init_checkpoint {self.init_checkpoint!r} is not a .safetensors checkpoint written by `rsrs train`; "
+                "training from a released RSRefSeg 2 .pth is not supported yet"
+            )
         return self
 
 

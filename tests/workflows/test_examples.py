@@ -17,6 +17,7 @@ from tests.servers import rustac_api, rustac_available
 JOBS = Path(__file__).resolve().parents[2] / "configs" / "jobs"
 
 
+@pytest.mark.slow  # a minute on 2 cores
 def test_the_geotiff_example_runs_as_shipped(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(JOBS / "geotiff.yaml"), "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

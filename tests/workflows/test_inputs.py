@@ -14,8 +14,8 @@ from tests.rasters import write_geotiff
 from tests.servers import error_server, free_port
 
 
-def job(inputs, on_error="skip"):
-    return parse_job({"inputs": inputs, "queries": ["ponds"], "on_error": on_error})
+def job(inputs, on_error="skip", **sections):
+    return parse_job({"inputs": inputs, "queries": ["ponds"], "on_error": on_error} | sections)
 
 
 @pytest.fixture
@@ -57,8 +57,8 @@ def test_fail_raises_the_first_bad_file(bad_files, name, error):
 
 
 def test_fail_on_api_answering_an_error():
-    with error_server(500) as url, pytest.raises(StacApiError, match="HTTP 500"):
-        resolve_scenes(job([{"stac": {"api": url}}], "fail"))
+    with error_server(500) as url, pytest.raises(StacApiError, match="HTTP 500 .*2 retries"):
+        resolve_scenes(job([{"stac": {"api": url}}], "fail", network={"retries": 2, "retry_delay_s": 0}))
 
 
 def test_fail_on_missing_asset(tmp_path):

@@ -11,7 +11,6 @@ import rasterio
 import torch
 import yaml
 from click.testing import CliRunner
-from distributed import LocalCluster
 from geopandas.testing import assert_geodataframe_equal
 
 from rsrs.model import load_model
@@ -68,13 +67,6 @@ def finished(tmp_path_factory):
     return job, folder / "out"
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    """An existing cluster to connect to with --scheduler."""
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
-
-
 def test_mosaic_equals_the_model_output_of_every_tile_core(finished):
     job_path, out = finished
     job = load_job(job_path)
@@ -115,9 +107,12 @@ def test_polygons_are_merged_across_tiles_and_written_as_geoparquet(finished):
     frame = gpd.read_parquet(out / "polygons.parquet")
     assert list(frame.columns) == ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
     assert frame.crs == "EPSG:4326"
-    schema = pq.read_schema(out / "polygons.parquet")
-    geo = json.loads(schema.metadata[b"geo"])
-    assert geo["version"] == "1.1.0" and "covering" in geo["columns"]["geometry"] and "bbox" in schema.names
+    parts = sorted((out / "polygons.parquet").iterdir())  # one GeoParquet file per scene
+    assert [p.name for p in parts] == ["a.parquet", "b.parquet"]
+    for part in parts:
+        schema = pq.read_schema(part)
+        geo = json.loads(schema.metadata[b"geo"])
+        assert geo["version"] == "1.1.0" and "covering" in geo["columns"]["geometry"] and "bbox" in schema.names
     # at threshold 0.49 the tiny model marks every valid pixel: one polygon per scene and query
     assert sorted(zip(frame.scene_id, frame.query_id, strict=True)) == [
         ("a", "ponds"), ("a", "red-roofs"), ("b", "ponds"), ("b", "red-roofs")

@@ -27,9 +27,11 @@ from rsrs.pipeline.cog import write_scene_cogs
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.scenes import BandSource, Scene
 from rsrs.workflows.job import parse_job
+from rsrs.workflows.run import run_job
 from rsrs.workflows.run_catalog import SceneOutputs, footprint, write_run_catalog
 from rsrs.workflows.run_report import SceneReport, SceneStatus
 from tests.mosaics import GRIDS, write_mosaic
+from tests.workflows.runs import write_job
 
 STARTED = dt.datetime(2024, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 #: The STAC 1.1 core and GeoJSON schemas pystac ships; the registry cannot fetch anything else (no network).
@@ -231,3 +233,29 @@ def test_footprint_follows_the_projected_grid_and_winds_counter_clockwise():
     square = footprint(GRIDS["wgs84"])
     assert square.equals(shapely.box(*GRIDS["wgs84"].bounds)) and len(square.exterior.coords) == 5
     assert np.allclose(square.bounds, GRIDS["wgs84"].bounds)
+
+
+def test_rsrs_run_writes_cogs_and_a_catalog_of_its_scenes(tmp_path, scheduler):
+    """A run with output.cog: true leaves cogs/ and catalog.json with an item per scene whose assets open."""
+    job = write_job(tmp_path, scenes={"a": (50, 60), "b": (40, 40)}, output={"dir": "out", "threshold": 0.49,
+                                                                             "cog": True})  # fmt: skip
+    report = run_job(job, scheduler=scheduler)
+    out = tmp_path / "out"
+    assert report["outputs"]["catalog"] == "catalog.json" and report["outputs"]["cogs"] == "cogs"
+    collection = pystac.read_file(out / "catalog.json")
+    items = {item.id: item for item in collection.get_items()}
+    assert sorted(items) == ["a", "b"]
+    for path in [out / "catalog.json", *(out / "items").glob("*.json")]:
+        assert stac_errors(json.loads(path.read_text())) == [], path
+    for scene_id, item in items.items():
+        mosaic = xr.open_zarr(out / "masks.zarr", group=scene_id, mask_and_scale=False)["probability"]
+        for q, query_id in enumerate(mosaic["query"].values):
+            with rasterio.open(item.assets[f"probability-{query_id}"].get_absolute_href()) as cog:
+                np.testing.assert_array_equal(cog.read(1), mosaic.values[q])
+        polygons = gpd.read_parquet(item.assets["polygons"].get_absolute_href())
+        assert set(polygons["scene_id"]) <= {scene_id}
+        assert len(polygons) == item.properties["rsrs:polygons"]
+    write_job(tmp_path, scenes={"a": (50, 60), "b": (40, 40)}, output={"dir": "out", "threshold": 0.49})
+    run_job(job, scheduler=scheduler, overwrite=True)  # without COGs: --overwrite leaves none behind
+    item = pystac.read_file(out / "items" / "a.json")
+    assert not (out / "cogs").exists() and not [key for key in item.assets if key.startswith("probability-")]

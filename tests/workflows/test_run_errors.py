@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from distributed import LocalCluster
 
 from rsrs.workflows.cli import cli
 from tests.rasters import write_geotiff
@@ -35,12 +34,6 @@ def write_job(folder, **changes):
 def invoke(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     return result.exit_code, result.output
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
 
 
 def write_half_readable_geotiff(path):
@@ -116,6 +109,7 @@ def test_an_unreachable_stac_api_is_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot reach STAC API" in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # a minute on 2 cores
 def test_ctrl_c_exits_130_with_one_line_and_keeps_finished_tiles(tmp_path):
     (tmp_path / "data").mkdir()
     write_geotiff(tmp_path / "data" / "big.tif", shape=(480, 480), seed=2)

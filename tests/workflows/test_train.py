@@ -136,6 +136,11 @@ def test_existing_run_needs_resume_and_bad_keys_are_named(tmp_path, chips):
     bad.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "data": {"path": "x"}, "optim": {"learning_rate": 1}}))
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         load_train_config(bad)
+    released = tmp_path / "released.yaml"
+    released.write_text(yaml.safe_dump({"model": {"preset": "rsrefseg2-l", "init_checkpoint": "rrsisd.pth"},
+                                        "data": {"path": "x"}}))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"rrsisd.pth' is not a .safetensors checkpoint .* not supported yet"):
+        load_train_config(released)
 
 
 def test_train_cli_runs_a_short_job(tmp_path, chips):
@@ -157,7 +162,7 @@ def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
             "--standalone",
             "--nproc_per_node",
             "2",
-            shutil.which("rsrs"),
+            shutil.which("rsrs", path=Path(sys.executable).parent) or shutil.which("rsrs"),  # this venv's first
             "train",
             str(path),
         ],
