@@ -80,13 +80,23 @@ def message_lines(output: str) -> list[str]:
     return [line for line in lines if line.strip() and not any(bar in line for bar in ("rsrs run:", "opening scenes"))]
 
 
+def is_temporary(path: Path) -> bool:
+    """A name rsrs writes before the final rename (rsrs.core.files.atomic_path: ``.<name>.<pid>.<hex>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def final_files(out: Path) -> dict[str, int]:
-    """Files under their final names (temporary siblings start with '.' or end in '.partial'), with sizes."""
-    files = {}
-    for path in sorted(out.rglob("*")):
-        if path.is_file() and not path.name.startswith(".") and not path.name.endswith(".partial"):
-            files[str(path.relative_to(out))] = path.stat().st_size
-    return files
+    """Files under their final names (not temporary ones), with sizes; Zarr format 2's .zarray/.zattrs count."""
+    return {
+        str(path.relative_to(out)): path.stat().st_size
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and not is_temporary(path)
+    }
+
+
+def temporary_files(out: Path) -> list[str]:
+    """Temporary files left in a run folder (none, once a run has ended in any way)."""
+    return [str(path.relative_to(out)) for path in sorted(out.rglob("*")) if path.is_file() and is_temporary(path)]
 
 
 def assert_complete_and_readable(out: Path) -> None:

@@ -17,9 +17,9 @@ from tests.servers import range_file_server
 from tests.workflows.runs import (
     assert_complete_and_readable,
     assert_same_outputs,
-    final_files,
     message_lines,
     start_run,
+    temporary_files,
     tiles_done,
     wait_until,
     write_dense_tiles,
@@ -56,7 +56,7 @@ def assert_nothing_half_written(out: Path) -> None:
     """No temporary file left, and every polygon file and tile sidecar under its final name reads."""
     import pyarrow.parquet as pq
 
-    assert set(final_files(out)) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {".rsrs.lock"}
+    assert temporary_files(out) == []
     for path in [*out.glob("polygons.parquet/*"), *out.glob("tiles/*/*")]:
         pq.read_table(path)
 

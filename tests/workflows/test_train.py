@@ -151,6 +151,7 @@ def test_train_cli_runs_a_short_job(tmp_path, chips):
     assert (tmp_path / "run" / "last.safetensors").exists()
 
 
+@pytest.mark.slow  # half a minute on 2 cores; the DDP gradients test below runs by default
 def test_data_parallel_under_torchrun_with_two_gloo_processes(tmp_path, chips):
     path = _config(tmp_path, chips, **{"optim.max_steps": 4})
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
