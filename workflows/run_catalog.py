@@ -198,11 +198,12 @@ def run_collection(
     bbox = [*bounds[:, :2].min(axis=0), *bounds[:, 2:].max(axis=0)]
     times = [t for item in items for t in _interval(item)] or [started]
     model = job.model.model_dump(exclude_none=True)
+    cogs = ", probability COGs per query" if any(k.startswith("probability-") for i in items for k in i.assets) else ""
     collection = pystac.Collection(
         id=collection_id,
         title=f"rsrs run {collection_id}",
         description=f"Referring segmentation of {len(job.queries)} queries over {len(items)} scene(s) by rsrs: "
-        "per scene a probability mosaic (Zarr), probability COGs per query and polygons (GeoParquet).",
+        f"per scene a probability mosaic (Zarr){cogs} and polygons (GeoParquet).",
         extent=pystac.Extent(
             pystac.SpatialExtent([[float(v) for v in bbox]]), pystac.TemporalExtent([[min(times), max(times)]])
         ),
