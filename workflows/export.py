@@ -40,6 +40,7 @@ class CogExport:
     paths: dict[str, dict[str, Path]] = field(default_factory=dict)
     written: int = 0
     kept: int = 0
+    catalog: Path | None = None  # the run's catalog.json, now listing them (None: the run has none)
 
 
 def read_run(run_dir: Path) -> RunOutputs:
@@ -68,10 +69,15 @@ def read_run(run_dir: Path) -> RunOutputs:
 
 
 def export_cogs(run_dir: Path, *, progress: bool = True) -> CogExport:
-    """Write the COGs of every finished scene of the run in ``run_dir``; keep those already current."""
+    """Write the COGs of every finished scene of the run in ``run_dir`` (keeping those already current) and list
+    them in the run's catalog."""
+    from rsrs.workflows.run_catalog import add_cogs_to_catalog  # pystac and GDAL only once there is work
+
     run = read_run(run_dir)
-    return write_run_cogs(run.masks, run.scene_ids, Path(run_dir) / COGS, queries=len(run.query_ids),
-                          progress=progress)  # fmt: skip
+    result = write_run_cogs(run.masks, run.scene_ids, Path(run_dir) / COGS, queries=len(run.query_ids),
+                            progress=progress)  # fmt: skip
+    result.catalog = add_cogs_to_catalog(Path(run_dir), result.paths)
+    return result
 
 
 def write_run_cogs(masks: Path, scene_ids: Sequence[str], folder: Path, *, queries: int, progress: bool) -> CogExport:
@@ -110,7 +116,8 @@ def export_command(run_dir: Path, cog: bool) -> None:
       uint8 codes, probability = code x scale (1/254), nodata 255 (no input data);
       band description = query id, metadata tags query_id and query (the sentence);
       the CRS and transform of the Zarr mosaic, internal overviews, DEFLATE.
-    Rerunning rewrites only the COGs whose mosaic changed.
+    Rerunning rewrites only the COGs whose mosaic changed. The run's catalog.json
+    lists them, and later runs of the job into RUN_DIR keep them current.
 
     \b
     Open them with:
@@ -122,8 +129,7 @@ def export_command(run_dir: Path, cog: bool) -> None:
         raise click.UsageError("nothing to export; add --cog (Cloud-Optimized GeoTIFFs of the probabilities)")
     result = export_cogs(run_dir)
     click.echo(f"{result.written} COG(s) written, {result.kept} already current, in {Path(run_dir) / COGS}", err=True)
-    click.echo(
-        "catalog.json lists the COGs a run writes itself: rerun the job with output.cog: true to add them "
-        "(nothing is recomputed)",
-        err=True,
-    )
+    if result.catalog is not None:
+        click.echo(f"listed in {result.catalog}; reruns of the job keep them current", err=True)
+    else:
+        click.echo(f"{run_dir} has no catalog.json (a run from an older rsrs): rerun the job to write one", err=True)

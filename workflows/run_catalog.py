@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pystac
+import rasterio
 import shapely
 from pyproj import CRS, Transformer
 from pystac.extensions.projection import ProjectionExtension
@@ -36,6 +37,8 @@ from rsrs.workflows.job import Job
 from rsrs.workflows.run_outputs import CATALOG, ITEMS, MASKS
 from rsrs.workflows.run_report import SceneReport, SceneStatus
 
+#: Item assets of the COGs are named this plus the query id.
+COG_ASSET_PREFIX = "probability-"
 #: Points per footprint edge (enough for a projected grid's edges to stay true in EPSG:4326), and the
 #: tolerance (degrees, about 1 cm) within which points on a straight line are dropped again.
 EDGE_POINTS, STRAIGHT_DEG = 16, 1e-7
@@ -141,24 +144,7 @@ def scene_item(
         "decode_coords": "all",
     }
     _projection(mosaic, scene.grid)
-    for qid, path in outputs.cogs.items():
-        cog = pystac.Asset(
-            _from_item(path),
-            title=f"{qid}: {texts[qid]}",
-            description=f"Probability that a pixel shows '{texts[qid]}' (uint8 codes; value x scale = probability).",
-            media_type=pystac.MediaType.COG,
-            roles=["data"],
-        )
-        item.add_asset(f"probability-{qid}", cog)
-        _projection(cog, scene.grid)
-        band = RasterBand.create(
-            nodata=FILL,
-            data_type=DataType.UINT8,
-            scale=SCALE,
-            offset=0.0,
-            spatial_resolution=scene.grid.resolution[1],
-        )
-        RasterExtension.ext(cog, add_if_missing=True).bands = [band]
+    add_cog_assets(item, outputs.cogs, texts=texts, grid=scene.grid)
     if outputs.polygons is not None:
         item.add_asset(
             "polygons",
@@ -186,6 +172,34 @@ def scene_item(
     return item
 
 
+def add_cog_assets(item: pystac.Item, cogs: Mapping[str, str], *, texts: Mapping[str, str], grid: RasterGrid) -> None:
+    """Give ``item`` an asset ``probability-<query id>`` per COG (``cogs``: query id -> path relative to the run
+    folder), with the raster and projection extensions of ``grid``."""
+    for qid, path in cogs.items():
+        cog = pystac.Asset(
+            _from_item(path),
+            title=f"{qid}: {texts[qid]}",
+            description=f"Probability that a pixel shows '{texts[qid]}' (uint8 codes; value x scale = probability).",
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+        )
+        item.add_asset(f"{COG_ASSET_PREFIX}{qid}", cog)
+        _projection(cog, grid)
+        band = RasterBand.create(
+            nodata=FILL, data_type=DataType.UINT8, scale=SCALE, offset=0.0, spatial_resolution=grid.resolution[1]
+        )
+        RasterExtension.ext(cog, add_if_missing=True).bands = [band]
+
+
+def _description(queries: int, scenes: int, *, cogs: bool) -> str:
+    """The collection's description: what each scene of the run has."""
+    rasters = "a probability mosaic (Zarr), probability COGs per query" if cogs else "a probability mosaic (Zarr)"
+    return (
+        f"Referring segmentation of {queries} queries over {scenes} scene(s) by rsrs: per scene {rasters} and "
+        "polygons (GeoParquet)."
+    )
+
+
 def run_collection(
     items: Sequence[pystac.Item], *, job: Job, collection_id: str, started: datetime
 ) -> pystac.Collection:
@@ -198,12 +212,10 @@ def run_collection(
     bbox = [*bounds[:, :2].min(axis=0), *bounds[:, 2:].max(axis=0)]
     times = [t for item in items for t in _interval(item)] or [started]
     model = job.model.model_dump(exclude_none=True)
-    cogs = ", probability COGs per query" if any(k.startswith("probability-") for i in items for k in i.assets) else ""
     collection = pystac.Collection(
         id=collection_id,
         title=f"rsrs run {collection_id}",
-        description=f"Referring segmentation of {len(job.queries)} queries over {len(items)} scene(s) by rsrs: "
-        f"per scene a probability mosaic (Zarr){cogs} and polygons (GeoParquet).",
+        description=_description(len(job.queries), len(items), cogs=any(map(_has_cogs, items))),
         extent=pystac.Extent(
             pystac.SpatialExtent([[float(v) for v in bbox]]), pystac.TemporalExtent([[min(times), max(times)]])
         ),
@@ -220,6 +232,10 @@ def run_collection(
     for href in inputs:
         collection.add_link(pystac.Link("derived_from", href, pystac.MediaType.JSON, "input STAC item"))
     return collection
+
+
+def _has_cogs(item: pystac.Item) -> bool:
+    return any(key.startswith(COG_ASSET_PREFIX) for key in item.assets)
 
 
 def _model_line(job: Job) -> str:
@@ -280,4 +296,30 @@ def write_run_catalog(
     collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=_AtomicStacIO())
     for stale in set((out_dir / ITEMS).glob("*.json")) - {out_dir / ITEMS / f"{i.id}.json" for i in items}:
         stale.unlink()
+    return out_dir / CATALOG
+
+
+def add_cogs_to_catalog(out_dir: Path, cogs: Mapping[str, Mapping[str, Path]]) -> Path | None:
+    """List COGs written after the run (``rsrs export --cog``; scene id -> query id -> path) in the run's catalog.
+
+    Each scene's grid is read from its COGs, which carry the mosaic's. Returns the catalog's path, or None when the
+    folder has no catalog (a run from before rsrs wrote them).
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / CATALOG).is_file():
+        return None
+    collection = pystac.read_file(out_dir / CATALOG)
+    texts = {q["id"]: q["text"] for q in collection.extra_fields["rsrs:queries"]}
+    items = list(collection.get_items())
+    for item in items:
+        paths = cogs.get(item.id, {})
+        if paths:
+            with rasterio.open(next(iter(paths.values()))) as src:
+                grid = RasterGrid(src.shape, src.transform, src.crs.to_string() if src.crs else None)
+            relative = {
+                qid: Path(path).resolve().relative_to(out_dir.resolve()).as_posix() for qid, path in paths.items()
+            }
+            add_cog_assets(item, relative, texts=texts, grid=grid)
+    collection.description = _description(len(texts), len(items), cogs=any(map(_has_cogs, items)))
+    collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=_AtomicStacIO())
     return out_dir / CATALOG

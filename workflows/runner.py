@@ -85,7 +85,7 @@ class _Run:
         outputs = (
             {"masks": MASKS, "polygons": POLYGONS, "tiles": TILES, "catalog": CATALOG}
             | ({"overlays": OVERLAYS} if job.output.overlay else {})
-            | ({"cogs": COGS} if job.output.cog else {})
+            | ({"cogs": COGS} if job.output.cog or (self.out / COGS).is_dir() else {})
         )
         used = ",".join(sorted(self.devices)) or None
         return run_report(
@@ -158,15 +158,13 @@ def _run_claimed(run: _Run, scenes: Sequence[Scene], failures: list[SceneReport]
 
 
 def _write_catalog(run: _Run, done: list[ScenePlan], reports: list[SceneReport]) -> None:
-    """The run's STAC catalog of its finished scenes, with their COGs first when the job asks for them."""
+    """The run's STAC catalog of its finished scenes, with their COGs, written (or kept current) first when the
+    job asks for them or the folder has them (``rsrs export --cog``)."""
     job, out = run.job, run.out
-    cogs = (
-        write_run_cogs(
-            out / MASKS, [p.id for p in done], out / COGS, queries=len(job.queries), progress=run.progress
-        ).paths  # fmt: skip
-        if job.output.cog
-        else {}
-    )
+    cogs = {}
+    if job.output.cog or (out / COGS).is_dir():
+        done_ids = [p.id for p in done]
+        cogs = write_run_cogs(out / MASKS, done_ids, out / COGS, queries=len(job.queries), progress=run.progress).paths
     outputs = {
         plan.id: SceneOutputs(
             cogs={qid: path.relative_to(out).as_posix() for qid, path in cogs.get(plan.id, {}).items()},

@@ -26,6 +26,7 @@ from referencing import Registry, Resource
 from rsrs.pipeline.cog import write_scene_cogs
 from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.scenes import BandSource, Scene
+from rsrs.workflows.export import export_cogs
 from rsrs.workflows.job import parse_job
 from rsrs.workflows.run import run_job
 from rsrs.workflows.run_catalog import SceneOutputs, footprint, write_run_catalog
@@ -259,3 +260,21 @@ def test_rsrs_run_writes_cogs_and_a_catalog_of_its_scenes(tmp_path, scheduler):
     run_job(job, scheduler=scheduler, overwrite=True)  # without COGs: --overwrite leaves none behind
     item = pystac.read_file(out / "items" / "a.json")
     assert not (out / "cogs").exists() and not [key for key in item.assets if key.startswith("probability-")]
+
+
+def test_cogs_exported_after_the_run_join_its_catalog_and_reruns_keep_them(tmp_path, scheduler):
+    job = write_job(tmp_path, scenes={"a": (50, 60)}, output={"dir": "out", "threshold": 0.49})
+    run_job(job, scheduler=scheduler)
+    out = tmp_path / "out"
+    assert not [key for key in pystac.read_file(out / "items" / "a.json").assets if key.startswith("probability-")]
+    exported = export_cogs(out, progress=False)
+    assert exported.catalog == out / "catalog.json"
+    for _ in range(2):  # after the export, then after a rerun of the job (output.cog unset)
+        collection = pystac.read_file(out / "catalog.json")
+        assert "probability COGs per query" in collection.description
+        (item,) = collection.get_items()
+        for path in [out / "catalog.json", out / "items" / "a.json"]:
+            assert stac_errors(json.loads(path.read_text())) == [], path
+        for query_id, cog_path in exported.paths["a"].items():
+            assert item.assets[f"probability-{query_id}"].get_absolute_href() == str(cog_path)
+        run_job(job, scheduler=scheduler)
