@@ -204,6 +204,11 @@ class ModelSpec(_Strict):
     config: str | None = None
     checkpoint: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fuse SAM's attention and torch.compile the image encoders in each worker (for GPUs: the first batch compiles,
+    # or loads from the per-machine cache ~/.cache/rsrs/inductor, then runs inside the worker's CUDA graphs)
+    compile: bool = False
+    # fp8: the image encoders' linear layers in float8 (H100/H200 only; the masks change slightly)
+    precision: Literal["auto", "fp8"] = "auto"
 
     resolve_paths = field_validator("config", "checkpoint")(_resolve)
 
@@ -220,6 +225,8 @@ class ModelSpec(_Strict):
     def _one_model(self) -> ModelSpec:
         if self.preset is not None and self.config is not None:
             raise ValueError("give `preset` or `config`, not both")
+        if self.precision == "fp8" and self.device == "cpu":
+            raise ValueError("precision fp8 needs an H100/H200 GPU; set device to cuda (or auto), or precision to auto")
         return self
 
     @property

@@ -33,7 +33,9 @@ def job_identity(job: Job) -> dict:
     return {
         "inputs": [spec.model_dump(mode="json", exclude_defaults=True) for spec in job.inputs],
         "queries": [[q.id, q.text] for q in job.queries],
-        "model": job.model.model_dump(mode="json", include={"preset", "config", "checkpoint"}),
+        # fp8 changes the masks, so it is part of the identity (only when set: earlier runs' identities stay equal)
+        "model": job.model.model_dump(mode="json", include={"preset", "config", "checkpoint"})
+        | ({"precision": job.model.precision} if job.model.precision != "auto" else {}),
         "tiling": [job.tiling.tile_size, job.tiling.overlap],
         "threshold": job.output.threshold,
     }

@@ -73,7 +73,8 @@ class _Run:
         self.job = job
         self.out = Path(job.output.dir).resolve()
         self.identity = job_identity(job)
-        self.model = ModelRef(source=job.model.checkpoint or job.model.name, device=job.model.device)
+        spec = job.model
+        self.model = ModelRef(spec.checkpoint or spec.name, spec.device, compile=spec.compile, precision=spec.precision)
         self.progress, self.notify = progress, notify
         self.started = time.time()
         self.devices: set[str] = set()

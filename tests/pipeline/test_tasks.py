@@ -6,6 +6,7 @@ import shapely
 import torch
 import zarr
 
+from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
 from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
 from rsrs.pipeline.tasks import BatchTask, run_batch
@@ -80,6 +81,30 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
     np.testing.assert_array_equal(outputs["threads"][0], outputs["processes"][0])
     assert outputs["threads"][1] == outputs["processes"][1] and outputs["threads"][1]
     assert outputs["threads"][2] == outputs["processes"][2]
+
+
+def test_a_compiled_model_ref_fuses_sam_attention_and_compiles_the_image_encoders(finisher_kind):
+    """model.compile reaches the worker's model: set up before the first batch (which compiles), never after."""
+    resident = finisher_kind("threads", ModelRef("tiny", device="cpu", compile=True))
+    sam = {kernel for kernel in attention_kernels(resident.model) if kernel.startswith("SamVision")}
+    assert sam and all("fused" in kernel for kernel in sam), sam
+    encoders = image_encoders(resident.model).values()
+    assert len(encoders) == 2 and all(encoder._compiled_call_impl is not None for encoder in encoders)
+    plain = finisher_kind("threads", ModelRef("tiny", device="cpu"))
+    assert all(encoder._compiled_call_impl is None for encoder in image_encoders(plain.model).values())
+
+
+@pytest.mark.slow  # compiling the tiny encoders on a 2-core CPU takes minutes
+def test_tiles_from_a_compiled_worker_model_equal_eager_tiles(tmp_path, finisher_kind, monkeypatch):
+    monkeypatch.setenv("RSRS_COMPILE_CACHE", str(tmp_path / "cache"))
+    mosaics = {}
+    for compiled in (False, True):
+        task = _task(tmp_path / str(compiled), ModelRef("tiny", device="cpu", compile=compiled))
+        finisher_kind("threads", task.model)
+        assert run_batch(task).computed > 0
+        mosaics[compiled] = zarr.open_array(task.store, path=f"{task.scene.id}/{VARIABLE}", mode="r")[:].astype(int)
+    difference = np.abs(mosaics[True] - mosaics[False])
+    assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
 
 
 @pytest.mark.gpu

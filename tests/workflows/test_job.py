@@ -141,6 +141,7 @@ def test_a_whitespace_only_query_is_an_error(text):
         ({"output": {"vector_crs": "EPSG:999999"}}, "unknown CRS"),
         ({"model": {"preset": "tiny", "config": "m.yaml"}}, "not both"),
         ({"model": {"device": "tpu"}}, "'model.device'"),
+        ({"model": {"device": "cpu", "precision": "fp8"}}, "precision fp8 needs an H100/H200 GPU"),
         ({"on_error": "ignore"}, "'on_error'"),
         ({"inputs": []}, "no inputs in job.yaml"),
     ],
