@@ -132,7 +132,8 @@ def test_report_counts_tiles_and_skips_tiles_without_data(finished):
     assert scenes["a"]["tiles_without_data"] == 4  # the first tile column lies in the nodata band
     assert scenes["a"]["tiles_computed"] == 32 and scenes["b"]["tiles_computed"] == 9
     assert all(s["status"] == "done" for s in report["scenes"])
-    assert report["model"] == {"source": "tiny", "device": "cpu", "device_requested": "cpu"}
+    assert report["model"] == {"source": "tiny", "device": "cpu", "device_requested": "cpu", "compile": False,
+                               "precision": "auto"}  # fmt: skip
     assert report["totals"]["polygons"] == 4
 
 
