@@ -80,13 +80,18 @@ class _Run:
         self.devices: set[str] = set()
         self.workers = WorkerLog()
 
+    @property
+    def keeps_cogs(self) -> bool:
+        """COGs are written (or kept current): the job asks for them, or the folder has them (``rsrs export --cog``)."""
+        return self.job.output.cog or (self.out / COGS).is_dir()
+
     def report(self, reports: list[SceneReport], *, dry_run: bool) -> dict:
         """The run.json document for these scene records."""
         job = self.job
         outputs = (
             {"masks": MASKS, "polygons": POLYGONS, "tiles": TILES, "catalog": CATALOG}
             | ({"overlays": OVERLAYS} if job.output.overlay else {})
-            | ({"cogs": COGS} if job.output.cog or (self.out / COGS).is_dir() else {})
+            | ({"cogs": COGS} if self.keeps_cogs else {})
         )
         used = ",".join(sorted(self.devices)) or None
         return run_report(
@@ -159,11 +164,10 @@ def _run_claimed(run: _Run, scenes: Sequence[Scene], failures: list[SceneReport]
 
 
 def _write_catalog(run: _Run, done: list[ScenePlan], reports: list[SceneReport]) -> None:
-    """The run's STAC catalog of its finished scenes, with their COGs, written (or kept current) first when the
-    job asks for them or the folder has them (``rsrs export --cog``)."""
+    """The run's STAC catalog of its finished scenes, with their COGs written (or kept current) first."""
     job, out = run.job, run.out
     cogs = {}
-    if job.output.cog or (out / COGS).is_dir():
+    if run.keeps_cogs:
         done_ids = [p.id for p in done]
         cogs = write_run_cogs(out / MASKS, done_ids, out / COGS, queries=len(job.queries), progress=run.progress).paths
     outputs = {

@@ -253,22 +253,7 @@ class RSRefSeg2(PairwiseSegmenter):
             contrastive_bias=self.decode_head.logit_bias2.clone(),
         )
 
-    def loss(
-        self,
-        output: RSRefSeg2Output,
-        masks: torch.Tensor,
-        *,
-        bce_weight: float = 5.0,
-        dice_weight: float = 5.0,
-        query_weight: float = 0.5,
-        contrastive_weight: float = 0.5,
-    ) -> LossOutput:
-        """The official objective (see :func:`~rsrs.model.rsrefseg2.losses.rsrefseg2_loss`); masks: B x H x W."""
-        return rsrefseg2_loss(
-            output,
-            masks,
-            bce_weight=bce_weight,
-            dice_weight=dice_weight,
-            query_weight=query_weight,
-            contrastive_weight=contrastive_weight,
-        )
+    def loss(self, output: RSRefSeg2Output, masks: torch.Tensor, **weights: float) -> LossOutput:
+        """The official objective; ``weights`` and their defaults: :func:`~rsrs.model.rsrefseg2.losses.rsrefseg2_loss`.
+        masks: B x H x W."""
+        return rsrefseg2_loss(output, masks, **weights)

@@ -269,7 +269,8 @@ def test_cogs_exported_after_the_run_join_its_catalog_and_reruns_keep_them(tmp_p
     assert not [key for key in pystac.read_file(out / "items" / "a.json").assets if key.startswith("probability-")]
     exported = export_cogs(out, progress=False)
     assert exported.catalog == out / "catalog.json"
-    for _ in range(2):  # after the export, then after a rerun of the job (output.cog unset)
+
+    def assert_catalog_lists_the_cogs() -> None:
         collection = pystac.read_file(out / "catalog.json")
         assert "probability COGs per query" in collection.description
         (item,) = collection.get_items()
@@ -277,4 +278,7 @@ def test_cogs_exported_after_the_run_join_its_catalog_and_reruns_keep_them(tmp_p
             assert stac_errors(json.loads(path.read_text())) == [], path
         for query_id, cog_path in exported.paths["a"].items():
             assert item.assets[f"probability-{query_id}"].get_absolute_href() == str(cog_path)
-        run_job(job, scheduler=scheduler)
+
+    assert_catalog_lists_the_cogs()
+    run_job(job, scheduler=scheduler)  # a rerun of the job, output.cog unset
+    assert_catalog_lists_the_cogs()
