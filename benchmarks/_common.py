@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+#: Dense bf16 peak of one H100/H200 SXM in TFLOP/s, the denominator of the MFU figures.
+PEAK_BF16_TFLOPS = 790
 
 
 def device_info() -> dict:
@@ -42,10 +46,27 @@ def timed(fn: Callable[[], object], *, warmup: int = 2, iters: int = 5) -> float
     return (time.perf_counter() - start) / iters
 
 
-def write_result(name: str, result: dict, *, folder: Path | None = None) -> None:
-    """Print the result and write it to $OUT (device runs) and ``folder`` (default benchmarks/results/)."""
+def flops_per_tile(model: torch.nn.Module, tile: int) -> int:
+    """FLOPs of ``predict`` on one ``tile``-pixel tile and one query (both encoders and the decoder), as counted
+    by torch's FlopCounterMode (matmuls, convolutions, attention); run it on the eager model."""
+    tiles = torch.randint(0, 256, (1, 3, tile, tile), dtype=torch.uint8)
+    texts = model.encode_texts(["the red-roofed buildings"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)  # the counter's module tracker fails on inputs that need grad (learned queries)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model.predict(tiles, texts)
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+    return counter.get_total_flops()
+
+
+def write_result(name: str, result: dict, *, folder: Path | None = None, echo: bool = True) -> None:
+    """Write the result to $OUT (device runs) and ``folder`` (default benchmarks/results/); print it if ``echo``."""
     text = json.dumps(result, indent=2)
-    print(text)
+    if echo:
+        print(text)
     for where in filter(None, [os.environ.get("OUT"), str(folder or Path(__file__).parent / "results")]):
         Path(where).mkdir(parents=True, exist_ok=True)
         (Path(where) / f"{name}.json").write_text(text + "\n")

@@ -8,9 +8,12 @@ writes a chrome trace of one un-graphed ``predict`` batch per variant (``trace.j
 a ``.json.gz`` name is compressed) and the result lists each variant's top device operators.
 
 Variants: eager always; ``--fused``: fused SAM attention; ``--compile``: compiled encoders with stock attention,
-and fused + compiled with ``--fused``; ``--fp8``: fused + compiled + float8 linear layers (H100/H200).
+and fused + compiled with ``--fused``; ``--fp8``: compiled + float8 linear layers (H100/H200). A variant's
+figures are saved as soon as it is measured.
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
+Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
+              16 tiles of 256² and its expressions, for the agreement figures; needs rasterio)
 CPU smoke:    python -m benchmarks.encoder_fusion --preset tiny --batch 2 --iters 1 --fused
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import logging
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
 
 QUERY = "the red-roofed buildings"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def main() -> None:
@@ -43,17 +48,26 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
     parser.add_argument("--fp8", action="store_true", help="time fused + compiled + float8 linear layers")
     parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
+    parser.add_argument("--demo", action="store_true", help="the demo model on the demo scene and its expressions")
     parser.add_argument("--trace", type=Path, help="chrome trace path; the variant's name goes before .json")
     parser.add_argument("--name", default="encoder_fusion", help="result file name under benchmarks/results/")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
-    base = load_model(args.preset, device=device, pretrained=False)
+    if args.demo:  # trained weights and a real scene: masks that depend on the tiles (random ones barely do)
+        args.preset, (tiles, queries) = "demo", demo_tiles_and_queries()
+        args.batch, args.tile_size = tiles.shape[0], tiles.shape[-1]
+        base = load_model("demo", device=device)
+    else:
+        g = torch.Generator().manual_seed(0)
+        tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8, generator=g)
+        queries = [QUERY]
+        base = load_model(args.preset, device=device, pretrained=False)
     result: dict = {
         "preset": args.preset,
         **device_info(),
-        "weights": f"random init, {str(base.dtype).removeprefix('torch.')}",
+        "weights": f"{'trained' if args.demo else 'random init'}, {str(base.dtype).removeprefix('torch.')}",
         "batch": args.batch,
         "tile_size": args.tile_size,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -61,10 +75,9 @@ def main() -> None:
         "compile_cache": str(compile_cache_dir()),
         "compile_cache_had_entries": compile_cache_dir().is_dir() and any(compile_cache_dir().iterdir()),
     }
-    g = torch.Generator().manual_seed(0)
-    tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8, generator=g)
+    result["queries"] = len(queries)
     tiles = tiles.to(device)
-    text = base.encode_texts([QUERY])
+    text = base.encode_texts(queries)
 
     eager_logits = None
     for name, options in _variants(args):
@@ -83,6 +96,8 @@ def main() -> None:
         if args.trace:
             entry["top_operators_ms"] = _trace(model, tiles, text, _trace_path(args.trace, name))
         result[name] = entry
+        write_result(args.name, result, echo=False)  # so far: a later variant that fails or times out loses no figures
+        print(f"{name}: {json.dumps(entry)}", flush=True)
         del model, logits
         gc.collect()
         if device == "cuda":
@@ -92,22 +107,34 @@ def main() -> None:
     write_result(args.name, result)
 
 
+def demo_tiles_and_queries(tile: int = 256) -> tuple[torch.Tensor, list[str]]:
+    """The demo scene cut into ``tile``-pixel tiles (N x 3 x tile x tile, uint8) and the texts of its expressions."""
+    import rasterio
+
+    with rasterio.open(DEMO / "scene.tif") as src:
+        scene = torch.from_numpy(src.read())  # 3 x H x W
+    tiles = scene.unfold(1, tile, tile).unfold(2, tile, tile)  # 3 x H/tile x W/tile x tile x tile
+    tiles = tiles.permute(1, 2, 0, 3, 4).reshape(-1, 3, tile, tile)
+    queries = [e["text"] for e in json.loads((DEMO / "expressions.json").read_text())]
+    return tiles.contiguous(), queries
+
+
 def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     if args.fused:
-        variants.append(("fused", {"compile": False}))
+        variants.append(("fused", {"compile": False, "fused_attention": True}))
     if args.compile:
-        variants.append(("compiled", {"fused_attention": False}))
+        variants.append(("compiled", {}))
         if args.fused:
-            variants.append(("fused_compiled", {}))
+            variants.append(("fused_compiled", {"fused_attention": True}))
     if args.fp8:
-        variants.append(("fused_compiled_fp8", {"fp8": True}))
+        variants.append(("compiled_fp8", {"fp8": True}))
     return variants
 
 
 def _logits(model, tiles: torch.Tensor, text) -> torch.Tensor:
-    """Mask logits B x 1 x H x W (float32) of one batch, synchronised."""
+    """Mask logits B x Q x H x W (float32) of one batch, synchronised."""
     with torch.inference_mode():
         logits = model.decode(model.encode_images(tiles), text).logits.float()
     if tiles.is_cuda:

@@ -4,13 +4,15 @@ A synthetic multi-tile scene, a real-size preset at random init (bf16), a real L
 worker. Reports: pipeline tiles/s (tiles computed / scene wall time, model already resident), model-only tiles/s
 on in-memory tiles of the same size and batch: eager ``predict``, and the workers' own function (uint8 codes,
 CUDA graphs), the faster of the two counting), their ratio (goal >= 0.9), and the pipeline time with
-5 queries against 1. ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events around each
-batch's work, copies excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is
+5 queries against 1, and MFU (model FLOPs per tile x tiles/s over the H200's dense bf16 peak, 790 TFLOP/s).
+``--compile`` and ``--precision fp8`` set the job's ``model.compile`` / ``model.precision`` and accelerate the
+model-only function the same way. ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events
+around each batch's work, copies excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is
 dask-cuda's LocalCUDACluster when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says
 which).
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
-                         [--queries 1,5] [--name run_gpu]
+                         [--queries 1,5] [--compile] [--precision fp8] [--name run_gpu]
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks._common import device_info, timed, write_result
+from benchmarks._common import PEAK_BF16_TFLOPS, device_info, flops_per_tile, timed, write_result
 from benchmarks.run_rss import write_scene
-from rsrs.model import batch_predictor, get_model_config, load_model
+from rsrs.model import accelerate, batch_predictor, get_model_config, load_model
 from rsrs.pipeline.resident import stored_codes
 from rsrs.workflows import run_job
 
@@ -45,14 +47,13 @@ def random_init_config(preset: str, folder: Path) -> Path:
     return path
 
 
-def write_job(
-    folder: Path, scene: Path, model_config: Path, *, queries: list[str], tile: int, batch: int, device: str
-) -> Path:
+def write_job(folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int) -> Path:
     """A one-scene, one-worker job over ``scene`` with outputs under ``folder``; returns the job file."""
+    device = model["device"]
     job = {
         "inputs": [{"geotiff": str(scene)}],
         "queries": queries,
-        "model": {"config": str(model_config), "device": device},
+        "model": model,
         "tiling": {"tile_size": tile, "overlap": 64, "batch_size": batch},
         "output": {"dir": str(folder / f"out-q{len(queries)}"), "threshold": 0.5},
         "compute": {"n_workers": 1, "gpus_per_worker": 1 if device == "cuda" else 0},
@@ -62,10 +63,8 @@ def write_job(
     return path
 
 
-def run_once(
-    folder: Path, scene: Path, model_config: Path, *, queries: list[str], tile: int, batch: int, device: str
-) -> dict:
-    path = write_job(folder, scene, model_config, queries=queries, tile=tile, batch=batch, device=device)
+def run_once(folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int) -> dict:
+    path = write_job(folder, scene, model, queries=queries, tile=tile, batch=batch)
     t0 = time.perf_counter()
     report = run_job(path, progress=False)
     total = time.perf_counter() - t0
@@ -91,6 +90,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test)")
     parser.add_argument("--queries", default="1,5", help="pipeline runs, by number of queries (1 and/or 5)")
+    parser.add_argument("--compile", action="store_true", help="model.compile: fused SAM attention, compiled encoders")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp8"], help="model.precision")
     parser.add_argument("--name", default="run_gpu", help="result file name under benchmarks/results/")
     args = parser.parse_args()
     result: dict = {
@@ -100,6 +101,8 @@ def main() -> None:
         "scene_px": args.size,
         "tile_size": args.tile_size,
         "batch": args.batch,
+        "compile": args.compile,
+        "precision": args.precision,
         "dask_cuda": importlib.util.find_spec("dask_cuda") is not None,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,32 +110,32 @@ def main() -> None:
         scene = folder / "scene.tif"
         write_scene(scene, args.size)
         model_config = random_init_config(args.preset, folder)
+        spec = {"config": str(model_config), "device": args.device, "compile": args.compile}
+        spec |= {"precision": args.precision} if args.precision != "auto" else {}
         runs = {
-            n: run_once(
-                folder,
-                scene,
-                model_config,
-                queries=QUERIES[:n],
-                tile=args.tile_size,
-                batch=args.batch,
-                device=args.device,
-            )
+            n: run_once(folder, scene, spec, queries=QUERIES[:n], tile=args.tile_size, batch=args.batch)
             for n in sorted({int(q) for q in args.queries.split(",")})
         }
         model = load_model(model_config, device=args.device)
+        flops = flops_per_tile(model, args.tile_size)  # counted eagerly, before accelerate changes the modules
         tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
         texts = model.encode_texts(QUERIES[:1])
-        codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
         # host tiles in, host out: eager float32 probabilities, and the workers' uint8 codes (CUDA graphs on a GPU)
         eager = args.batch / timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)
+        if args.compile or args.precision == "fp8":  # as the workers do (rsrs.pipeline.resident)
+            accelerate(model, compile=args.compile, fp8=args.precision == "fp8")
+        codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
         same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)
     model_only = max(eager, same_fn)  # the ratio is taken against the faster of the two
     result |= {f"pipeline_{n}_quer{'y' if n == 1 else 'ies'}": run for n, run in runs.items()}
     result["model_only_eager_predict_tiles_per_s"] = round(eager, 2)
     result["model_only_worker_codes_fn_tiles_per_s"] = round(same_fn, 2)
     result["model_only_tiles_per_s_1_query"] = round(model_only, 2)
+    result["model_tflop_per_tile"] = round(flops / 1e12, 3)
+    result["mfu_model_only"] = round(flops * model_only / (PEAK_BF16_TFLOPS * 1e12), 3)
     if 1 in runs:
         result["ratio_pipeline_vs_model_only"] = round(runs[1]["tiles_per_s"] / model_only, 3)
+        result["mfu_end_to_end"] = round(flops * runs[1]["tiles_per_s"] / (PEAK_BF16_TFLOPS * 1e12), 3)
     if {1, 5} <= runs.keys():
         result["ratio_time_5_queries_vs_1"] = round(runs[5]["scene_wall_s"] / runs[1]["scene_wall_s"], 3)
     write_result(args.name, result)

@@ -30,7 +30,7 @@ from rsrs.core.files import atomic_path
 from rsrs.pipeline.area import area_m2
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.geoparquet import geoparquet_writer
-from rsrs.pipeline.mosaic import decode_probability
+from rsrs.pipeline.mosaic import FILL, decode_probability
 
 COLUMNS = ["scene_id", "query_id", "query", "score", "area_m2", "geometry"]
 # The columns' types in every file, whatever pandas holds (object or str, rows or none): an empty run's file
@@ -95,21 +95,25 @@ def polygonise_codes(
     Q, H, W = codes.shape
     assert (H, W) == core.shape, (codes.shape, core)
     values = decode_probability(np.arange(256, dtype=np.uint8))  # code -> probability (NaN at FILL)
-    above = values > threshold  # code -> inside an object (False at FILL)
+    inside = np.flatnonzero(values > threshold)  # codes inside an object: lowest..254 (codes grow with p)
+    if inside.size == 0:
+        return TilePolygons.empty(key)
+    lowest = inside[0]
     weights = np.nan_to_num(values)
     to_scene_px = Affine.translation(core.col_off, core.row_off)  # core px -> scene px, exact integers
     parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     for q in range(Q):
-        mask = above[codes[q]]  # H x W
-        labels, n = ndimage.label(mask)  # H x W int32: 4-connected regions 1..n
-        if n == 0:
+        mask = (codes[q] >= lowest) & (codes[q] != FILL)  # H x W; comparisons, not a lookup: most masks are empty
+        if not mask.any():
             continue
+        labels, n = ndimage.label(mask)  # H x W int32: 4-connected regions 1..n
         with warnings.catch_warnings():  # the first core's translation is the identity: no georeferencing is meant
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             shapes = features.shapes(labels, mask=mask, connectivity=4, transform=to_scene_px)
             geoms, ids = zip(*((_polygon(g), int(v)) for g, v in shapes), strict=True)
-        prob_sum = np.bincount(labels.ravel(), weights=weights[codes[q]].ravel(), minlength=n + 1)
-        n_pixels = np.bincount(labels.ravel(), minlength=n + 1)
+        region = labels[mask]  # the object pixels' region ids, row-major: the sums' order is the full image's
+        prob_sum = np.bincount(region, weights=weights[codes[q][mask]], minlength=n + 1)
+        n_pixels = np.bincount(region, minlength=n + 1)
         order = np.asarray(ids)
         parts.append((q, _objects(geoms), prob_sum[order], n_pixels[order]))
     if not parts:

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ModelRef:
     """Which model a worker loads (a preset name, model config path or checkpoint path), on which device, and how
-    fast: ``compile`` fuses SAM's attention and compiles the image encoders, ``precision`` 'fp8' quantises their
-    linear layers (see :func:`rsrs.model.acceleration.accelerate`)."""
+    fast: ``compile`` compiles the image encoders, ``precision`` 'fp8' quantises their linear layers (see
+    :func:`rsrs.model.acceleration.accelerate`)."""
 
     source: str
     device: str = "auto"
@@ -62,8 +62,7 @@ class ResidentModel:
         if spec.compile or spec.precision == "fp8":  # before the first batch, which compiles and is captured
             from rsrs.model.acceleration import accelerate
 
-            fp8 = spec.precision == "fp8"
-            accelerate(self.model, compile=spec.compile, fused_attention=spec.compile, fp8=fp8)
+            accelerate(self.model, compile=spec.compile, fp8=spec.precision == "fp8")
         kind = finisher or finisher_kind(self.model.device.type)
         self.finisher = start_finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
         self._lock = threading.Lock()  # tasks sharing the process set up texts and predictors once

@@ -82,13 +82,15 @@ def test_accelerate_without_compile_leaves_predict_equal():
     reference = copy.deepcopy(model)
     tiles = random_tiles(0)
     text = model.encode_texts(["the pond", "the road"])
-    assert accelerate(model, compile=False) is model
+    assert accelerate(model, compile=False, fused_attention=True) is model
     assert model.state_dict().keys() == reference.state_dict().keys()
     torch.testing.assert_close(model.predict(tiles, text), reference.predict(tiles, text))
 
 
-def test_accelerate_puts_every_attention_layer_on_sdpa_or_the_fused_kernel():
+def test_accelerate_puts_every_attention_layer_on_sdpa_or_the_fused_kernel_when_asked():
     model = accelerate(load_model("tiny", device="cpu"), compile=False)
+    assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: sdpa": 2}
+    model = accelerate(load_model("tiny", device="cpu"), compile=False, fused_attention=True)
     assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: fused auto": 2}
 
 

@@ -45,7 +45,7 @@ def demo_cuda():
 def test_fused_rsrefseg_b_encodes_and_decodes_like_eager_within_bf16(rsrefseg_b, compile):
     tiles = random_tiles(0, batch=2, height=1024, width=1024).cuda()
     text = rsrefseg_b.encode_texts(["the red-roofed buildings", "ponds"])
-    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile)
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile, fused_attention=True)
     assert "SamVisionSdpaAttention: fused auto" in attention_kernels(fast)
     with torch.inference_mode():
         expected = rsrefseg_b.encode_images(tiles)
