@@ -2,9 +2,10 @@
 
 A GPU worker hands each tile's uint8 codes to its finisher pool, which writes the Zarr chunk, polygonises and
 saves the polygon sidecar; with 5 queries that work grew 3-4x on an H200 (benchmarks/results/run_gpu*.json) while
-the model's time barely moved. Three kinds of masks per query, on a 960² core (a 1024 tile less its overlap):
-``empty`` (the query is absent: the usual case), ``blobs`` (tens of smooth objects), ``noisy`` (thousands of
-speckles, as an untrained model gives). Milliseconds per tile, the median of ``--repeats`` calls.
+the model's time barely moved. Four kinds of masks per query, on a 960² core (a 1024 tile less its overlap):
+``empty`` (the query is absent: the usual case), ``sparse`` (three small objects), ``blobs`` (about 100 smooth
+objects over the whole tile), ``noisy`` (thousands of speckles, as an untrained model gives). Milliseconds per
+tile, the median of ``--repeats`` calls.
 
 Run:  python -m benchmarks.finish_speed [--repeats 5] [--name finish_speed]
 """
@@ -30,12 +31,18 @@ from rsrs.pipeline.polygons import polygonise_codes, save_tile
 
 CORE = 960
 THRESHOLD = 0.5
+KINDS = ("empty", "sparse", "blobs", "noisy")
 
 
 def masks(kind: str, queries: int, rng: np.random.Generator) -> np.ndarray:
     """Q x CORE x CORE uint8 codes of one kind (see the module's docstring)."""
-    if kind == "empty":
-        return np.full((queries, CORE, CORE), 10, np.uint8)
+    if kind in ("empty", "sparse"):
+        codes = np.full((queries, CORE, CORE), 10, np.uint8)
+        if kind == "sparse":
+            y, x = np.ogrid[:CORE, :CORE]
+            for cy, cx in rng.integers(60, CORE - 60, size=(3, 2)):
+                codes[:, (y - cy) ** 2 + (x - cx) ** 2 < 40**2] = 230
+        return codes
     sigma = 12.0 if kind == "blobs" else 1.5
     field = ndimage.gaussian_filter(rng.standard_normal((queries, CORE, CORE)), sigma=(0, sigma, sigma))
     centre = 0.3 if kind == "blobs" else 0.5
@@ -82,11 +89,11 @@ def main() -> None:
             store = Path(tmp) / f"q{queries}.zarr"
             ids = [f"q{i}" for i in range(queries)]
             create_mosaic(store, "s", grid, query_ids=ids, query_texts=ids, chunk_size=CORE, fingerprint="", source="")
-            for kind in ("empty", "blobs", "noisy"):
+            for kind in KINDS:
                 codes, sidecar = masks(kind, queries, rng), Path(tmp) / "t.parquet"
                 stages = stage_ms(store, core, codes, grid.shape, sidecar, args.repeats)
                 result["ms_per_tile"][f"{kind}_{queries}q"] = stages
-    for kind in ("empty", "blobs", "noisy"):
+    for kind in KINDS:
         table = result["ms_per_tile"]
         result[f"ratio_5q_vs_1q_{kind}"] = round(table[f"{kind}_5q"]["total"] / table[f"{kind}_1q"]["total"], 2)
     write_result(args.name, result)

@@ -100,19 +100,22 @@ def polygonise_codes(
         return TilePolygons.empty(key)
     lowest = inside[0]
     weights = np.nan_to_num(values)
-    to_scene_px = Affine.translation(core.col_off, core.row_off)  # core px -> scene px, exact integers
     parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     for q in range(Q):
         mask = (codes[q] >= lowest) & (codes[q] != FILL)  # H x W; comparisons, not a lookup: most masks are empty
-        if not mask.any():
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
             continue
-        labels, n = ndimage.label(mask)  # H x W int32: 4-connected regions 1..n
-        with warnings.catch_warnings():  # the first core's translation is the identity: no georeferencing is meant
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # the objects' bounding box: GDAL's
+        mask, code = mask[box], codes[q][box]  # polygonising costs per pixel, and objects are usually small
+        labels, n = ndimage.label(mask)  # h x w int32: 4-connected regions 1..n
+        to_scene_px = Affine.translation(core.col_off + cols[0], core.row_off + rows[0])  # box px -> scene px
+        with warnings.catch_warnings():  # a box at the scene's origin translates by 0: no georeferencing is meant
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             shapes = features.shapes(labels, mask=mask, connectivity=4, transform=to_scene_px)
             geoms, ids = zip(*((_polygon(g), int(v)) for g, v in shapes), strict=True)
         region = labels[mask]  # the object pixels' region ids, row-major: the sums' order is the full image's
-        prob_sum = np.bincount(region, weights=weights[codes[q][mask]], minlength=n + 1)
+        prob_sum = np.bincount(region, weights=weights[code[mask]], minlength=n + 1)
         n_pixels = np.bincount(region, minlength=n + 1)
         order = np.asarray(ids)
         parts.append((q, _objects(geoms), prob_sum[order], n_pixels[order]))

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 from affine import Affine
+from rasterio import features
+from scipy import ndimage
 
-from rsrs.pipeline.geometry import RasterGrid
+from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.mosaic import decode_probability, encode_probability
 from rsrs.pipeline.polygons import (
     area_m2,
@@ -76,6 +78,30 @@ def test_merging_agrees_with_polygonising_the_whole_scene_at_once():
         b = shapely.normalize(shapely.union_all(whole.geometry[whole.query == q]))
         assert a.equals(b)
         assert sorted(merged.n_pixels[merged.query == q]) == sorted(whole.n_pixels[whole.query == q])
+
+
+def test_small_objects_inside_a_core_equal_gdal_polygonising_the_whole_core():
+    """Polygonising works on the objects' bounding box; the polygons, pixel counts and scores are the whole core's."""
+    core = PixelWindow(row_off=40, col_off=24, height=24, width=40)  # not at the scene's origin
+    probs = np.zeros((2, 24, 40))
+    probs[0, 5:9, 10:13] = 0.9  # two objects well inside the core, one with a hole
+    probs[0, 12:18, 20:27] = 0.8
+    probs[0, 14:16, 22:24] = 0.1
+    probs[1, 20:24, 0:3] = 0.7  # on the core's corner
+    codes = encode_probability(probs, np.ones((24, 40), bool))
+    got = polygonise_codes(codes, key="k", core=core, scene_shape=(64, 64), threshold=0.5)
+    for q in range(2):
+        mask = decode_probability(codes[q]) > 0.5
+        labels, _ = ndimage.label(mask)
+        to_scene = Affine.translation(core.col_off, core.row_off)
+        shapes = list(features.shapes(labels, mask=mask, connectivity=4, transform=to_scene))
+        expected = {shapely.normalize(shapely.geometry.shape(g)).wkt: int(v) for g, v in shapes}
+        mine = got.query == q
+        assert {shapely.normalize(g).wkt for g in got.geometry[mine]} == set(expected)
+        for geom, n, score in zip(got.geometry[mine], got.n_pixels[mine], got.prob_sum[mine], strict=True):
+            region = labels == expected[shapely.normalize(geom).wkt]
+            assert n == region.sum() and score == pytest.approx(decode_probability(codes[q])[region].sum())
+    assert got.geometry[got.query == 0][0].interiors or got.geometry[got.query == 0][1].interiors  # the hole kept
 
 
 def test_corner_contact_across_tiles_is_not_merged():
