@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from rsrs.model import load_model, save_checkpoint
 from rsrs.model.checkpoint import apply_checkpoint, checkpoint_names
 from rsrs.model.lora import mark_trainable
 from rsrs.model.losses import LossOutput
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
+from rsrs.model.rsrefseg2.official import load_official_checkpoint
 from rsrs.workflows.metrics import summarize
 from rsrs.workflows.scoring import model_predictor, score_dataset
 from rsrs.workflows.train_config import TrainConfig, load_train_config
@@ -156,19 +158,32 @@ def _out_dir(config: TrainConfig, ddp: Distributed, *, resume: bool) -> Path:
 
 def _model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, SaveFn]:
     """The model to train (float32, train mode, its trained set) and how to save its checkpoints."""
-    spec = config.model.init_checkpoint or config.model.preset or config.model.config
-    model = load_model(spec, device=device, dtype="float32").train()
+    model, also = _starting_model(config, device)
+    model.train()
     if config.model.trainable is not None:  # recorded in the config so checkpoints rebuild the same trained set
         mark_trainable(model, mode=config.model.trainable)
         model.config = model.config.model_copy(update={"trainable": config.model.trainable})
     model_config = model.config
-    # Frozen weights a run starts from (an init checkpoint) are stored too: its config alone rebuilds them at init.
-    also = checkpoint_names(config.model.init_checkpoint) if config.model.init_checkpoint else ()
 
     def save(path: Path) -> None:
         save_checkpoint(model, path, config=model_config, also=also)
 
     return model, save
+
+
+def _starting_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, Collection[str]]:
+    """The model a run starts from (float32), and the tensors its init checkpoint set that every checkpoint of the
+    run stores even where they stay frozen, as the model's config alone rebuilds them at init: all of an rsrs
+    checkpoint's, and what official training changed in a released RSRefSeg 2 file (its base backbones are the
+    preset's own pretrained ones)."""
+    init = config.model.init_checkpoint
+    base = config.model.preset or config.model.config
+    if init is None:
+        return load_model(base, device=device, dtype="float32"), ()
+    if Path(init).suffix in OFFICIAL_SUFFIXES:
+        model = load_model(base, device=device, dtype="float32")
+        return model, load_official_checkpoint(model, init).trained
+    return load_model(init, device=device, dtype="float32"), checkpoint_names(init)
 
 
 class _Throughput:

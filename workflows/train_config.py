@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 
 
 class TrainModel(StrictModel):
@@ -16,7 +17,9 @@ class TrainModel(StrictModel):
 
     preset: str | None = None
     config: str | None = None
-    init_checkpoint: str | None = Field(None, description="start from these trained weights (.safetensors)")
+    init_checkpoint: str | None = Field(
+        None, description="start from these weights: a .safetensors from `rsrs train`, or a released RSRefSeg 2 .pth"
+    )
     trainable: Literal["lora", "all", "all_but_image_encoders"] | None = Field(
         None,
         description="override the model's trained set: 'all' for models without pretrained backbones; "
@@ -27,10 +30,11 @@ class TrainModel(StrictModel):
     def _one_source(self) -> TrainModel:
         if (self.preset is None) == (self.config is None):
             raise ValueError("give exactly one of model.preset or model.config")
-        if self.init_checkpoint is not None and not self.init_checkpoint.endswith(".safetensors"):
+        init = self.init_checkpoint
+        if init is not None and not init.endswith((".safetensors", *OFFICIAL_SUFFIXES)):
             raise ValueError(
-                f"init_checkpoint {self.init_checkpoint!r} is not a .safetensors checkpoint written by `rsrs train`; "
-                "training from a released RSRefSeg 2 .pth is not supported yet"
+                f"init_checkpoint {init!r} is neither a .safetensors checkpoint written by `rsrs train` nor a released "
+                f"RSRefSeg 2 file ({', '.join(OFFICIAL_SUFFIXES)})"
             )
         return self
 

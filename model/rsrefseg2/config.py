@@ -14,6 +14,9 @@ from pydantic import Field
 from rsrs.core.schema import StrictModel
 from rsrs.model.config import LoraSpec, TrainableMode
 
+#: Suffixes of the authors' released checkpoints (rrsisd.pth, ...) and Meta's SAM 2 files (rsrefseg2.official).
+OFFICIAL_SUFFIXES = (".pth", ".pt")
+
 QUERY_OPERATIONS = [
     "self_attn_query_query1", "norm_query1_1",
     "self_attn_query_query2", "norm_query2_1",

@@ -29,11 +29,11 @@ from torch import nn
 
 from rsrs.core.errors import CheckpointError, ConfigError
 from rsrs.model.rsrefseg2 import sam2_convert
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES as SUFFIXES
 from rsrs.model.torch_files import read_torch_file
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".pth", ".pt")
 PRESET = "rsrefseg2-l"  # every released file: SAM 2.1 Hiera-L + SigLIP2 so400m/16@512 (configs_RSRefSeg2/*.py)
 SAM2, IMAGE_ENCODER = "backbone.model.", "backbone.model.image_encoder.base_model.model."
 VISION, TEXT = "clip_vision_encoder.base_model.model.model.", "clip_text_encoder.base_model.model.model."
@@ -120,11 +120,13 @@ def official_state_dict(model: nn.Module, *, trained_only: bool = False) -> dict
 @dataclass(frozen=True)
 class OfficialLoad:
     """What a load took from where: our tensors set from the file, those left as built (the base backbones),
-    and the file's keys deliberately not used (see :data:`UNUSED`)."""
+    and the file's keys deliberately not used (see :data:`UNUSED`); ``trained``: those of ``from_file`` that
+    official training changed (what a fine-tuning run must keep, as the preset alone rebuilds the rest)."""
 
     from_file: list[str]
     from_base: list[str]
     unused: list[str]
+    trained: list[str]
 
 
 def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -212,4 +214,5 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> OfficialLoad
         len(from_base),
         len(unused),
     )
-    return OfficialLoad(from_file=sorted(values), from_base=sorted(from_base), unused=unused)
+    trained = sorted(key for key in values if any(is_trained(name) for name in table[key]))
+    return OfficialLoad(from_file=sorted(values), from_base=sorted(from_base), unused=unused, trained=trained)

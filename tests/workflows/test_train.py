@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from rsrs.core.errors import ConfigError
-from rsrs.model import load_model
+from rsrs.model import get_model_config, load_model
+from rsrs.model.rsrefseg2.official import official_state_dict
 from rsrs.pipeline.datasets import open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
 from rsrs.workflows.cli import cli
@@ -136,11 +137,11 @@ def test_existing_run_needs_resume_and_bad_keys_are_named(tmp_path, chips):
     bad.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "data": {"path": "x"}, "optim": {"learning_rate": 1}}))
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         load_train_config(bad)
-    released = tmp_path / "released.yaml"
-    released.write_text(yaml.safe_dump({"model": {"preset": "rsrefseg2-l", "init_checkpoint": "rrsisd.pth"},
-                                        "data": {"path": "x"}}))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"rrsisd.pth' is not a .safetensors checkpoint .* not supported yet"):
-        load_train_config(released)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"model": {"preset": "rsrefseg2-l", "init_checkpoint": "rrsisd.bin"},
+                                     "data": {"path": "x"}}))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"rrsisd.bin' is neither a .safetensors .* released RSRefSeg 2 file"):
+        load_train_config(other)
 
 
 def test_train_cli_runs_a_short_job(tmp_path, chips):
@@ -284,6 +285,25 @@ def test_cached_features_need_frozen_image_encoders(tmp_path, chips):
     )
     with pytest.raises(ConfigError, match="trainable: all_but_image_encoders"):
         train(config, show_progress=False)
+
+
+def test_a_run_from_a_released_pth_keeps_the_trained_tensors_it_freezes(tmp_path, chips):
+    """Fine-tuning a released RSRefSeg 2 file (tiny2 in the official layout here) with its image encoders frozen: the
+    run's checkpoints carry the file's image-encoder LoRA, which the preset alone would rebuild at init."""
+    source = load_model(get_model_config("tiny2").model_copy(update={"init_seed": 3}), device="cpu")
+    released = tmp_path / "rrsisd.pth"
+    torch.save({"state_dict": official_state_dict(source)}, released)
+    model = {"preset": "tiny2", "init_checkpoint": str(released), "trainable": "all_but_image_encoders"}
+    tuned = load_train_config(_config(tmp_path / "tuned", chips, model=model, **{"optim.max_steps": 2}))
+    train(tuned, show_progress=False)
+    start, at_init = source.state_dict(), load_model("tiny2", device="cpu").state_dict()
+    lora = [k for k in start if ".lora_A." in k and k.startswith(("sam2.vision_encoder.", "siglip.vision_model."))]
+    assert lora and all(not torch.equal(start[k], at_init[k]) for k in lora)
+    loaded = load_model(Path(tuned.out_dir) / "last.safetensors", device="cpu").state_dict()
+    for key in lora:
+        torch.testing.assert_close(loaded[key], start[key], rtol=0, atol=0)
+    prompter = [k for k in start if k.startswith("prompter.") and start[k].is_floating_point()]
+    assert any(not torch.equal(loaded[k], start[k]) for k in prompter)  # what it trained moved on from the file
 
 
 def test_a_run_from_an_init_checkpoint_keeps_the_weights_it_freezes(tmp_path, chips):
