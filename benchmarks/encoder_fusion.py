@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="timed calls per measurement (after 2 warm-up calls)")
     parser.add_argument("--fused", action="store_true", help="time fused SAM attention")
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
-    parser.add_argument("--fp8", action="store_true", help="time fused + compiled + float8 linear layers")
+    parser.add_argument("--fp8", action="store_true", help="time compiled + float8 linear layers")
     parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
     parser.add_argument("--demo", action="store_true", help="the demo model on the demo scene and its expressions")
     parser.add_argument("--trace", type=Path, help="chrome trace path; the variant's name goes before .json")

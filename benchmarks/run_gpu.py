@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test)")
     parser.add_argument("--queries", default="1,5", help="pipeline runs, by number of queries (1 and/or 5)")
-    parser.add_argument("--compile", action="store_true", help="model.compile: fused SAM attention, compiled encoders")
+    parser.add_argument("--compile", action="store_true", help="model.compile: compiled image encoders")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp8"], help="model.precision")
     parser.add_argument("--name", default="run_gpu", help="result file name under benchmarks/results/")
     args = parser.parse_args()

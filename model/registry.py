@@ -22,9 +22,8 @@ from rsrs.model.rsrefseg.build import build_rsrefseg
 from rsrs.model.rsrefseg.config import RSRefSegConfig
 from rsrs.model.rsrefseg.model import RSRefSeg
 from rsrs.model.rsrefseg2.build import build_rsrefseg2
-from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES, RSRefSeg2Config
 from rsrs.model.rsrefseg2.model import RSRefSeg2
-from rsrs.model.rsrefseg2.official import SUFFIXES as OFFICIAL_SUFFIXES
 from rsrs.model.rsrefseg2.official import load_official_checkpoint, official_preset
 from rsrs.model.tokenizer import check_query_lengths as check_lengths
 

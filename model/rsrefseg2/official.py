@@ -29,7 +29,7 @@ from torch import nn
 
 from rsrs.core.errors import CheckpointError, ConfigError
 from rsrs.model.rsrefseg2 import sam2_convert
-from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES as SUFFIXES
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 from rsrs.model.torch_files import read_torch_file
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
 def is_official_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a ``.pth``/``.pt`` file holding an official RSRefSeg 2 state dict."""
     path = Path(path)
-    if path.suffix not in SUFFIXES or not path.is_file():
+    if path.suffix not in OFFICIAL_SUFFIXES or not path.is_file():
         return False
     try:
         read_official_state(path)
