@@ -41,7 +41,7 @@ def per_tile(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> t
 
 def per_run(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
     """One read per run of neighbouring tiles, runs in parallel (how workers read now)."""
-    return read_tiles(scene, [t.read for t in tiles], map_fn=io.map)
+    return read_tiles(scene, [t.read for t in tiles], map_fn=io.map, parallel=IO_THREADS)
 
 
 def ms_per_tile(read: Reader, scene: Scene, groups: list[tuple[Tile, ...]]) -> tuple[float, float]:

@@ -9,10 +9,15 @@ CUDA graphs), the faster of the two counting), their ratio (goal >= 0.9), and th
 model-only function the same way. ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events
 around each batch's work, copies excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is
 dask-cuda's LocalCUDACluster when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says
-which).
+which). ``--tasks-per-gpu 2,4`` runs the pipeline with each ``compute.tasks_per_gpu`` (keys of the second carry a
+suffix). ``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and
+adds where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the
+reads, and each task's window.
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
-                         [--queries 1,5] [--compile] [--precision fp8] [--name run_gpu]
+                         [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]
+                         [--timeline] [--name run_gpu]
+CPU smoke test:          python -m benchmarks.run_gpu --preset tiny --device cpu --size 2048 --queries 1 --timeline
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import yaml
 
 from benchmarks._common import PEAK_BF16_TFLOPS, device_info, flops_per_tile, timed, write_result
 from benchmarks.run_rss import write_scene
+from benchmarks.run_timeline import timed_run
 from rsrs.model import accelerate, batch_predictor, get_model_config, load_model
 from rsrs.pipeline.resident import stored_codes
 from rsrs.workflows import run_job
@@ -47,29 +53,35 @@ def random_init_config(preset: str, folder: Path) -> Path:
     return path
 
 
-def write_job(folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int) -> Path:
+def write_job(
+    folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int, tasks_per_gpu: int = 2
+) -> Path:
     """A one-scene, one-worker job over ``scene`` with outputs under ``folder``; returns the job file."""
     device = model["device"]
+    name = f"q{len(queries)}-t{tasks_per_gpu}"
     job = {
         "inputs": [{"geotiff": str(scene)}],
         "queries": queries,
         "model": model,
         "tiling": {"tile_size": tile, "overlap": 64, "batch_size": batch},
-        "output": {"dir": str(folder / f"out-q{len(queries)}"), "threshold": 0.5},
-        "compute": {"n_workers": 1, "gpus_per_worker": 1 if device == "cuda" else 0},
+        "output": {"dir": str(folder / f"out-{name}"), "threshold": 0.5},
+        "compute": {"n_workers": 1, "gpus_per_worker": 1 if device == "cuda" else 0, "tasks_per_gpu": tasks_per_gpu},
     }
-    path = folder / f"job-q{len(queries)}.yaml"
+    path = folder / f"job-{name}.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
 
 
-def run_once(folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int) -> dict:
-    path = write_job(folder, scene, model, queries=queries, tile=tile, batch=batch)
+def run_once(
+    folder: Path, scene: Path, model: dict, *, queries: list[str], tile: int, batch: int, tasks: int, timeline: bool
+) -> dict:
+    """One pipeline run's figures (and, with ``timeline``, where the worker's time went)."""
+    path = write_job(folder, scene, model, queries=queries, tile=tile, batch=batch, tasks_per_gpu=tasks)
     t0 = time.perf_counter()
-    report = run_job(path, progress=False)
+    report, summary = timed_run(path, tasks_per_gpu=tasks) if timeline else (run_job(path, progress=False), None)
     total = time.perf_counter() - t0
     scene_report = report["scenes"][0]
-    return {
+    figures = {
         "queries": len(queries),
         "tiles": scene_report["tiles_computed"],
         "scene_wall_s": round(scene_report["wall_s"], 2),
@@ -80,6 +92,7 @@ def run_once(folder: Path, scene: Path, model: dict, *, queries: list[str], tile
         "worker_read_s": round(scene_report["read_s"], 2),
         "worker_write_s": round(scene_report["write_s"], 2),
     }
+    return figures | {"timeline": summary} if summary else figures
 
 
 def main() -> None:
@@ -92,8 +105,11 @@ def main() -> None:
     parser.add_argument("--queries", default="1,5", help="pipeline runs, by number of queries (1 and/or 5)")
     parser.add_argument("--compile", action="store_true", help="model.compile: compiled image encoders")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp8"], help="model.precision")
+    parser.add_argument("--tasks-per-gpu", default="2", help="compute.tasks_per_gpu; several (2,4) run each")
+    parser.add_argument("--timeline", action="store_true", help="record the worker's reads, model turns and tasks")
     parser.add_argument("--name", default="run_gpu", help="result file name under benchmarks/results/")
     args = parser.parse_args()
+    tasks_per_gpu = [int(t) for t in args.tasks_per_gpu.split(",")]  # the first is the headline's
     result: dict = {
         "preset": args.preset,
         **device_info(),
@@ -103,6 +119,7 @@ def main() -> None:
         "batch": args.batch,
         "compile": args.compile,
         "precision": args.precision,
+        "tasks_per_gpu": tasks_per_gpu[0],
         "dask_cuda": importlib.util.find_spec("dask_cuda") is not None,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +130,17 @@ def main() -> None:
         spec = {"config": str(model_config), "device": args.device, "compile": args.compile}
         spec |= {"precision": args.precision} if args.precision != "auto" else {}
         runs = {
-            n: run_once(folder, scene, spec, queries=QUERIES[:n], tile=args.tile_size, batch=args.batch)
+            (n, t): run_once(
+                folder,
+                scene,
+                spec,
+                queries=QUERIES[:n],
+                tile=args.tile_size,
+                batch=args.batch,
+                tasks=t,
+                timeline=args.timeline,
+            )  # fmt: skip
+            for t in tasks_per_gpu
             for n in sorted({int(q) for q in args.queries.split(",")})
         }
         model = load_model(model_config, device=args.device)
@@ -127,17 +154,24 @@ def main() -> None:
         codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
         same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)
     model_only = max(eager, same_fn)  # the ratio is taken against the faster of the two
-    result |= {f"pipeline_{n}_quer{'y' if n == 1 else 'ies'}": run for n, run in runs.items()}
     result["model_only_eager_predict_tiles_per_s"] = round(eager, 2)
     result["model_only_worker_codes_fn_tiles_per_s"] = round(same_fn, 2)
     result["model_only_tiles_per_s_1_query"] = round(model_only, 2)
     result["model_tflop_per_tile"] = round(flops / 1e12, 3)
     result["mfu_model_only"] = round(flops * model_only / (PEAK_BF16_TFLOPS * 1e12), 3)
-    if 1 in runs:
-        result["ratio_pipeline_vs_model_only"] = round(runs[1]["tiles_per_s"] / model_only, 3)
-        result["mfu_end_to_end"] = round(flops * runs[1]["tiles_per_s"] / (PEAK_BF16_TFLOPS * 1e12), 3)
-    if {1, 5} <= runs.keys():
-        result["ratio_time_5_queries_vs_1"] = round(runs[5]["scene_wall_s"] / runs[1]["scene_wall_s"], 3)
+    for t in tasks_per_gpu:  # keys without a suffix are the first tasks_per_gpu's
+        suffix = "" if t == tasks_per_gpu[0] else f"_{t}_tasks_per_gpu"
+        result |= {
+            f"pipeline_{n}_quer{'y' if n == 1 else 'ies'}{suffix}": run for (n, u), run in runs.items() if u == t
+        }
+        if (1, t) in runs:
+            e2e = runs[1, t]["tiles_per_s"]
+            result[f"ratio_pipeline_vs_model_only{suffix}"] = round(e2e / model_only, 3)
+            result[f"mfu_end_to_end{suffix}"] = round(flops * e2e / (PEAK_BF16_TFLOPS * 1e12), 3)
+        if {(1, t), (5, t)} <= runs.keys():
+            result[f"ratio_time_5_queries_vs_1{suffix}"] = round(
+                runs[5, t]["scene_wall_s"] / runs[1, t]["scene_wall_s"], 3
+            )
     write_result(args.name, result)
 
 

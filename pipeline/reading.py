@@ -7,7 +7,8 @@ of a STAC item) are resampled bilinearly onto the scene grid through a ``WarpedV
 
 Datasets are opened per call and closed at once: no per-process cache grows with the number of scenes
 (GDAL's own block and ``/vsicurl/`` caches are bounded). So that neighbouring tiles do not each decode the
-blocks they share, :func:`read_tiles` reads a run of tiles in one row as one window and cuts it apart.
+blocks they share, :func:`read_tiles` reads a run of tiles in one row as one window and cuts it apart. A source
+whose bands GDAL flags as all valid (no nodata, mask or alpha) is not asked for a mask at all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -54,11 +55,16 @@ def _on_grid(dataset: rasterio.DatasetReader, grid: RasterGrid) -> bool:
 
 def _read_bands(
     dataset: rasterio.DatasetReader, grid: RasterGrid, indexes: list[int], window: PixelWindow
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(values (k, h, w), valid (k, h, w) bool)`` of ``indexes`` inside ``window`` (within the grid)."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(values (k, h, w), valid (k, h, w) bool)`` of ``indexes`` inside ``window`` (within the grid); valid is
+    None where every pixel is (bands GDAL flags all valid: reading their masks would only spend time)."""
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     if _on_grid(dataset, grid):
-        return dataset.read(indexes, window=rio_window), dataset.read_masks(indexes, window=rio_window) > 0
+        values = dataset.read(indexes, window=rio_window)
+        flags = [dataset.mask_flag_enums[i - 1] for i in indexes]
+        if all(MaskFlags.all_valid in f for f in flags):
+            return values, None
+        return values, dataset.read_masks(indexes, window=rio_window) > 0
     with WarpedVRT(
         dataset,
         crs=CRS.from_user_input(grid.crs),
@@ -85,7 +91,8 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
         return rgb, valid
     ih, iw = inner.shape
     values = np.empty((3, ih, iw), dtype=scene.dtype)  # every position is some source band's
-    masks = np.empty((3, ih, iw), dtype=bool)
+    masks = np.zeros((3, ih, iw), dtype=bool)
+    all_valid = False  # a source without invalid pixels makes every pixel valid (the any-band rule)
     positions: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for pos, src in enumerate(scene.bands):  # href -> band index -> positions in R, G, B
         positions[src.href][src.band].append(pos)
@@ -96,13 +103,16 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
                 data, ok = _read_bands(dataset, scene.grid, indexes, inner)  # (k, ih, iw) each
             except RasterioError as err:
                 raise TileReadError(scene, inner, _gdal_reason(err)) from None
+        all_valid = all_valid or ok is None
         for k, band in enumerate(indexes):
             for pos in by_band[band]:
-                values[pos], masks[pos] = data[k], ok[k]
-    inner_valid = masks.any(axis=0)  # (ih, iw)
+                values[pos] = data[k]
+                if ok is not None:
+                    masks[pos] = ok[k]
     scaled = apply_scaling(values, scene.scaling)  # (3, ih, iw) uint8
     rows, cols = inner.relative_to(window).slices()
-    rgb[:, rows, cols] = scaled if inner_valid.all() else np.where(inner_valid, scaled, 0)
+    inner_valid = True if all_valid else masks.any(axis=0)  # (ih, iw)
+    rgb[:, rows, cols] = scaled if np.all(inner_valid) else np.where(inner_valid, scaled, 0)
     valid[rows, cols] = inner_valid
     return rgb, valid
 
@@ -116,20 +126,22 @@ def _gdal_reason(err: BaseException) -> str:
 
 
 def read_tiles(
-    scene: Scene, windows: Sequence[PixelWindow], *, map_fn: Callable[..., Iterable] = map
+    scene: Scene, windows: Sequence[PixelWindow], *, map_fn: Callable[..., Iterable] = map, parallel: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_tile` of each of ``windows`` (all one shape), stacked: (B, 3, h, w) uint8, (B, h, w) bool.
 
     Windows that continue one another along a row (tiles' reads overlap by their context) are read as one
     window of at most :data:`RUN_TILES` tiles, then cut apart: each block is decoded once rather than by every
     tile that touches it, and one GDAL call holds the GIL far less than several, which matters in a worker
-    whose other threads feed a GPU. ``map_fn`` maps over the runs (e.g. a thread pool's ``map``).
+    whose other threads feed a GPU. ``map_fn`` maps over the runs (e.g. a thread pool's ``map``) with
+    ``parallel`` threads: runs are kept short enough to give each thread one (on many cores, decoding in parallel
+    gains more than the few blocks that neighbouring runs both decode).
     """
     assert len({w.shape for w in windows}) <= 1, "read_tiles needs windows of one shape"
     h, w = windows[0].shape if windows else (0, 0)
     rgb = np.empty((len(windows), 3, h, w), dtype=np.uint8)
     valid = np.empty((len(windows), h, w), dtype=bool)
-    runs = list(_runs(windows))
+    runs = list(_runs(windows, max_tiles=max(1, min(RUN_TILES, -(-len(windows) // max(1, parallel))))))
     i = 0
     for run, (run_rgb, run_valid) in zip(runs, map_fn(lambda r: read_tile(scene, _union(r)), runs), strict=True):
         for window in run:
@@ -139,11 +151,12 @@ def read_tiles(
     return rgb, valid
 
 
-def _runs(windows: Sequence[PixelWindow]) -> Iterator[list[PixelWindow]]:
-    """``windows`` in order, grouped into runs: same rows, each starting right of the last and touching it."""
+def _runs(windows: Sequence[PixelWindow], *, max_tiles: int) -> Iterator[list[PixelWindow]]:
+    """``windows`` in order, grouped into runs of at most ``max_tiles``: same rows, each starting right of the last
+    and touching it."""
     run: list[PixelWindow] = []
     for window in windows:
-        if run and len(run) < RUN_TILES and _continues(run[-1], window):
+        if run and len(run) < max_tiles and _continues(run[-1], window):
             run.append(window)
             continue
         if run:

@@ -136,7 +136,7 @@ def _read_group(
     """Read tiles' windows, runs of neighbours in parallel: (B x 3 x T x T uint8, B x T x T bool), seconds."""
     start = time.perf_counter()
     with resident.timed("read", tiles[0].key):
-        batch = read_tiles(scene, [t.read for t in tiles], map_fn=io.map)
+        batch = read_tiles(scene, [t.read for t in tiles], map_fn=io.map, parallel=IO_THREADS)
     return batch, time.perf_counter() - start
 
 

@@ -1,13 +1,13 @@
 """The Dask cluster of ``rsrs run``: connect or start one, keep the model resident, bound tasks in flight.
 
 - ``compute.scheduler`` (or ``--scheduler``) connects to an existing cluster; otherwise a ``LocalCluster``
-  of ``compute.n_workers`` single-threaded worker processes starts, or with GPUs one two-threaded,
-  non-daemon worker per GPU (dask-cuda's ``LocalCUDACluster`` when it is installed).
+  of ``compute.n_workers`` single-threaded worker processes starts, or with GPUs one non-daemon worker per GPU
+  with a thread per task sharing it (dask-cuda's ``LocalCUDACluster`` when it is installed).
 - :class:`ResidentModelPlugin` loads the model once per worker when the worker joins (tasks then find it
   in :func:`rsrs.pipeline.resident.resident_model`'s per-process cache); tasks carry only small specs.
-- On GPU clusters every worker offers one ``GPU`` resource and every task asks for half of it
-  (:data:`GPU_PER_TASK`): two tasks share a GPU so that one reads tiles while the other runs the model
-  (the model itself takes one batch at a time, see :mod:`rsrs.pipeline.resident`).
+- On GPU clusters every worker offers one ``GPU`` resource and every task asks for a share of it
+  (:func:`gpu_share`): ``compute.tasks_per_gpu`` tasks share a GPU so that some read tiles while another runs the
+  model (the model itself takes one batch at a time, see :mod:`rsrs.pipeline.resident`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 #: what matters reaches the user as rsrs's own one-line errors and run.json.
 QUIET = logging.ERROR
 
-#: The share of a worker's GPU one task asks for: two tasks per GPU keep it busy across task boundaries.
-GPU_PER_TASK = 0.5
-
 T = TypeVar("T")
 R = TypeVar("R")
 K = TypeVar("K")
@@ -45,6 +42,11 @@ K = TypeVar("K")
 
 class ClusterError(RsrsError, ConnectionError):
     """The Dask scheduler cannot be reached, or its workers cannot run the job."""
+
+
+def gpu_share(compute: Compute) -> float:
+    """The share of a worker's ``GPU`` resource one task asks for (exact: tasks_per_gpu is 1, 2 or 4)."""
+    return 1 / compute.tasks_per_gpu
 
 
 def visible_gpus() -> int:
@@ -65,7 +67,7 @@ def _start_local_cluster(compute: Compute) -> LocalCluster:
     gpus = visible_gpus() if compute.gpus_per_worker != 0 else 0
     if gpus:
         n_workers = min(compute.n_workers, gpus)
-        threads = round(1 / GPU_PER_TASK)  # tasks sharing a GPU at once
+        threads = compute.tasks_per_gpu  # tasks sharing a GPU at once
         # non-daemon workers may start processes: the pool that writes and polygonises tiles off the model's GIL
         with dask.config.set({"distributed.worker.daemon": False}):
             if importlib.util.find_spec("dask_cuda") is not None:

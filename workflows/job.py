@@ -279,12 +279,17 @@ class Compute(_Strict):
     ``allowed_failures``: how many times a task may be running on a worker that dies (a crash, out of memory, a
     lost spot machine) and be rescheduled before its scene fails (Dask's ``distributed.scheduler.allowed-failures``;
     for the clusters rsrs starts: an existing cluster's scheduler keeps its own setting).
+
+    ``tasks_per_gpu``: tasks that share one GPU at once, each asking for that share of the worker's ``GPU``
+    resource (so give GPU workers that many threads). While one task reads its first tiles or waits for its last
+    writes, the others keep the GPU fed; more cost host memory and threads. 1, 2 or 4: shares a float holds exactly.
     """
 
     scheduler: str | None = None
     n_workers: Annotated[int, Field(ge=1)] = 1
     gpus_per_worker: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     allowed_failures: Annotated[int, Field(ge=0)] = 3
+    tasks_per_gpu: Literal[1, 2, 4] = 2
 
 
 class Network(_Strict):

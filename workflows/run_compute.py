@@ -19,7 +19,7 @@ from distributed import Client, KilledWorker
 from rsrs.pipeline.resident import ModelRef
 from rsrs.pipeline.tasks import BatchResult, BatchTask
 from rsrs.pipeline.tiling import Tile
-from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
+from rsrs.workflows.cluster import bounded_map, dask_client, gpu_share, load_models, uses_gpus
 from rsrs.workflows.job import Job
 from rsrs.workflows.run_outputs import MASKS, TILES
 from rsrs.workflows.run_plan import ScenePlan, batch_tasks
@@ -51,8 +51,8 @@ def compute_tiles(
         local = not (scheduler or job.compute.scheduler)
         workers.allowed_failures = job.compute.allowed_failures if local else None
         load_models(client, model, texts, local=local, warm_up=(job.tiling.batch_size, job.tiling.tile_size))
-        resources = {"GPU": GPU_PER_TASK} if uses_gpus(client) else None
-        running = round(1 / GPU_PER_TASK) if resources else 1  # tasks a worker runs at once
+        resources = {"GPU": gpu_share(job.compute)} if uses_gpus(client) else None
+        running = job.compute.tasks_per_gpu if resources else 1  # tasks a worker runs at once
         planned = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s),
                               prepare=prepare)  # fmt: skip
         tasks = _Tasks(planned)

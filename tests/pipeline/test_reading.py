@@ -161,3 +161,13 @@ def test_resampled_bands_read_in_runs_equal_tiles_read_one_by_one(tmp_path):
     rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
     assert [len(r) for r in runs] == [4, 4, 4, 4]  # read through the WarpedVRT one row at a time
     _assert_each_equals_its_own_read(scene, windows, rgb, valid)
+
+
+def test_runs_shorten_so_each_parallel_reader_gets_one(tmp_path):
+    path = write_geotiff(tmp_path / "a.tif", shape=(64, 400))
+    scene = scene_from_raster(str(path))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)][:RUN_TILES]  # one row's run
+    runs: list = []
+    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs), parallel=4)
+    assert [len(r) for r in runs] == [RUN_TILES // 4] * 4
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)

@@ -88,6 +88,11 @@ def test_union_type_error_names_the_field_not_the_union_member():
     assert "'compute.gpus_per_worker'" in message and "literal" not in message
 
 
+def test_tasks_per_gpu_other_than_1_2_or_4_names_the_field_and_the_choices():
+    message = error_of(minimal(compute={"tasks_per_gpu": 3}))
+    assert "'compute.tasks_per_gpu'" in message and all(choice in message for choice in ("1", "2", "4"))
+
+
 @pytest.mark.parametrize("queries", [[], None])
 def test_empty_query_list_says_to_add_queries(queries):
     data = minimal()

@@ -7,7 +7,7 @@ from distributed import Client, Event, LocalCluster
 
 from rsrs.pipeline.resident import ModelRef, resident_model
 from rsrs.workflows import cluster
-from rsrs.workflows.cluster import GPU_PER_TASK, bounded_map, dask_client, load_models, uses_gpus
+from rsrs.workflows.cluster import bounded_map, dask_client, gpu_share, load_models, uses_gpus
 from rsrs.workflows.job import Compute
 
 TINY = ModelRef(source="tiny", device="cpu")
@@ -57,25 +57,28 @@ def test_model_is_loaded_once_and_reused_by_every_task(client):
     assert not uses_gpus(client)
 
 
-def _meet(mine: str, other: str) -> bool:
-    """Set this task's event and wait for the other task's: returns only if both run at the same time."""
+def _meet(mine: str, others: list[str]) -> bool:
+    """Set this task's event and wait for the other tasks': returns only if all run at the same time."""
     Event(mine).set()
-    return Event(other).wait(timeout=30)
+    return all(Event(other).wait(timeout=30) for other in others)
 
 
 def _is_daemon() -> bool:
     return multiprocessing.current_process().daemon
 
 
-def test_gpu_clusters_run_two_tasks_per_gpu_on_workers_that_may_start_processes(monkeypatch):
+@pytest.mark.parametrize("tasks_per_gpu", [2, 4])
+def test_gpu_clusters_run_tasks_per_gpu_at_once_on_workers_that_may_start_processes(monkeypatch, tasks_per_gpu):
     monkeypatch.setattr(cluster, "visible_gpus", lambda: 1)  # the GPU branch of the local cluster, on any machine
-    with dask_client(Compute(n_workers=1)) as client:
+    compute = Compute(n_workers=1, tasks_per_gpu=tasks_per_gpu)
+    with dask_client(compute) as client:
         (worker,) = client.scheduler_info(n_workers=-1)["workers"].values()
-        assert worker["resources"] == {"GPU": 1} and worker["nthreads"] == 2 and uses_gpus(client)
-        gpu = {"GPU": GPU_PER_TASK}
+        assert worker["resources"] == {"GPU": 1} and worker["nthreads"] == tasks_per_gpu and uses_gpus(client)
+        gpu = {"GPU": gpu_share(compute)}
         assert client.submit(_is_daemon, resources=gpu, pure=False).result() is False  # finisher pools allowed
-        both = [client.submit(_meet, a, b, resources=gpu, pure=False) for a, b in (("a", "b"), ("b", "a"))]
-        assert client.gather(both) == [True, True]
+        names = [f"{tasks_per_gpu}-{i}" for i in range(tasks_per_gpu)]
+        tasks = [client.submit(_meet, n, [o for o in names if o != n], resources=gpu, pure=False) for n in names]
+        assert client.gather(tasks) == [True] * tasks_per_gpu
 
 
 def _worker_address(_: int) -> str:
@@ -95,5 +98,5 @@ def test_tasks_asking_for_half_a_gpu_reach_every_gpu_worker():
         assert uses_gpus(client)
         tagged = ((i, i) for i in range(16))
         seen = {address for _, address in bounded_map(client, _worker_address, tagged, max_in_flight=8,
-                                                       resources={"GPU": GPU_PER_TASK})}  # fmt: skip
+                                                       resources={"GPU": gpu_share(Compute())})}  # fmt: skip
         assert seen == set(client.scheduler_info(n_workers=-1)["workers"])
