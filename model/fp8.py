@@ -20,6 +20,11 @@ from rsrs.model.acceleration import image_encoders
 
 MIN_CAPABILITY = (9, 0)
 
+#: The least row maximum an activation's float8 scale is taken from. SAM ViT pads its token map to whole windows
+#: with zeros (64 x 64 tokens in windows of 14 at 1024 px): an all-zero row would get a scale of 0 and quantise to
+#: 0/0 = NaN (the NaN logits of rsrefseg-b on an H200); with this floor it quantises to zeros.
+ACTIVATION_AMAX_FLOOR = 1e-12
+
 
 def fp8_image_encoders(model: nn.Module) -> int:
     """Quantise the linear layers of every image encoder in ``model`` to float8, in place; returns how many.
@@ -33,7 +38,7 @@ def fp8_image_encoders(model: nn.Module) -> int:
     check_fp8_support(weight.device, weight.dtype)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=ACTIVATION_AMAX_FLOOR)
     converted = 0
     for encoder in encoders.values():
         converted += sum(_fp8_eligible(module, name) for name, module in encoder.named_modules())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rsrs.model import batch_predictor, load_model
+from rsrs.model import batch_predictor, get_model_config, load_model
 from rsrs.model.acceleration import accelerate, attention_kernels
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
@@ -107,3 +107,15 @@ def test_fp8_encoders_keep_most_demo_masks(demo_cuda):
     assert "Float8Tensor" in weights  # torchao's float8 weights
     got = fast.predict(tiles, text) > 0.5
     assert (got == expected).float().mean() >= 0.98
+
+
+def test_fp8_sam_with_window_padding_gives_finite_logits():
+    """SAM pads its token map to whole windows with zero rows (rsrefseg-b: 64 tokens in windows of 14), whose
+    per-row float8 scale must not be 0 (it gave NaN logits)."""
+    config = get_model_config("tiny").model_copy(deep=True)
+    config.sam.vision["window_size"] = 6  # 16 x 16 tokens -> padded to 18 x 18
+    model = load_model(config, device="cuda")
+    accelerate(model, compile=False, fp8=True)
+    tiles = random_tiles(1, batch=2, height=256, width=256).cuda()
+    probs = model.predict(tiles, model.encode_texts(["buildings"]))  # sigmoid keeps a NaN logit NaN
+    assert torch.isfinite(probs).all()
