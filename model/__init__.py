@@ -13,7 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "accelerate": "rsrs.model.acceleration",
     "save_checkpoint": "rsrs.model.checkpoint",
-    "AnyModelConfig": "rsrs.model.registry",
+    "AnyModelConfig": "rsrs.model.spec",
     "RSRefSegConfig": "rsrs.model.rsrefseg.config",
     "RSRefSeg2Config": "rsrs.model.rsrefseg2.config",
     "ImageFeatures": "rsrs.model.outputs",
@@ -26,7 +26,7 @@ _EXPORTS = {
     "get_model_config": "rsrs.model.config",
     "list_models": "rsrs.model.config",
     "load_model": "rsrs.model.registry",
-    "resolve_model_spec": "rsrs.model.registry",
+    "resolve_model_spec": "rsrs.model.spec",
     "RSRefSeg": "rsrs.model.rsrefseg.model",
     "RSRefSeg2": "rsrs.model.rsrefseg2.model",
 }

@@ -1,5 +1,6 @@
-"""The SigLIP image/text backbone (SigLIP for RSRefSeg, SigLIP2 for RSRefSeg 2) and its tokenizer, from a spec: at
-random init or from local weights. Architecture-specific backbones live in their folders."""
+"""The SigLIP image/text backbone (SigLIP for RSRefSeg, SigLIP2 for RSRefSeg 2) from a spec: at random init or from
+local weights (its tokenizer: :func:`rsrs.model.tokenizer.build_tokenizer`). Architecture-specific backbones live
+in their folders."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import SiglipConfig, SiglipModel
 
-from rsrs.core.errors import CheckpointError
-from rsrs.model.tokenizer import ByteTokenizer, Padding, PretrainedTokenizer, Tokenizer
 from rsrs.model.weights import resolve_pretrained
 
 if TYPE_CHECKING:
@@ -37,20 +36,3 @@ def build_siglip(
         config.vision_config.vision_use_head = vision_head
         return SiglipModel.from_pretrained(str(path), config=config, attn_implementation=ATTENTION)
     return SiglipModel._from_config(siglip_config(spec, vision_head=vision_head), attn_implementation=ATTENTION)
-
-
-def build_tokenizer(
-    spec: SiglipSpec | Siglip2Spec,
-    *,
-    pretrained: bool,
-    weights_root: str | Path | None,
-    padding: Padding = "max_length",
-    download: bool = True,
-) -> Tokenizer:
-    """The text tokenizer the SigLIP spec asks for; random-init models (``pretrained=False``) use bytes."""
-    if spec.tokenizer == "bytes" or not pretrained:
-        return ByteTokenizer(length=spec.text_length, padding=padding)
-    if not spec.pretrained:
-        raise CheckpointError("siglip.tokenizer 'pretrained' needs siglip.pretrained (a hub id or directory)")
-    path = resolve_pretrained(spec.pretrained, what="SigLIP tokenizer", weights_root=weights_root, download=download)
-    return PretrainedTokenizer(path, length=spec.text_length, padding=padding)

@@ -21,7 +21,7 @@ from rsrs.core.files import atomic_path
 from rsrs.model.config import parse_model_config
 
 if TYPE_CHECKING:
-    from rsrs.model.registry import AnyModelConfig
+    from rsrs.model.spec import AnyModelConfig
 
 CONFIG_KEY = "rsrs_model_config"
 FORMAT_KEY = "rsrs_checkpoint_format"

@@ -7,64 +7,26 @@ LoRA -> trainable set -> checkpoint tensors -> device/dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from rsrs.core.errors import ConfigError, WeightsNotFoundError
-from rsrs.model.backbones import build_tokenizer
-from rsrs.model.checkpoint import apply_checkpoint, read_checkpoint_config
-from rsrs.model.config import get_model_config, load_model_config, presets_dir
+from rsrs.core.errors import ConfigError
+from rsrs.model.checkpoint import apply_checkpoint
+from rsrs.model.config import presets_dir
 from rsrs.model.lora import mark_trainable
 from rsrs.model.rsrefseg.build import build_rsrefseg
-from rsrs.model.rsrefseg.config import RSRefSegConfig
 from rsrs.model.rsrefseg.model import RSRefSeg
 from rsrs.model.rsrefseg2.build import build_rsrefseg2
-from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES, RSRefSeg2Config
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 from rsrs.model.rsrefseg2.model import RSRefSeg2
-from rsrs.model.rsrefseg2.official import load_official_checkpoint, official_preset
-from rsrs.model.tokenizer import check_query_lengths as check_lengths
-
-AnyModelConfig = RSRefSegConfig | RSRefSeg2Config
+from rsrs.model.rsrefseg2.official import load_official_checkpoint
+from rsrs.model.spec import AnyModelConfig, resolve_model_spec
 
 #: architecture -> its builder (each architecture is one folder under model/ and one line here)
 BUILDERS = {"rsrefseg": build_rsrefseg, "rsrefseg2": build_rsrefseg2}
-
-
-def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfig, Path | None]:
-    """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
-    if isinstance(spec, RSRefSegConfig | RSRefSeg2Config):
-        return spec, None
-    path = Path(spec).expanduser()
-    if path.suffix in OFFICIAL_SUFFIXES:  # a released RSRefSeg 2 file (KyanChen/RSRefSeg2: rrsisd.pth, ...)
-        return get_model_config(official_preset(path)), path
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise ConfigError(f"checkpoint {path} does not exist; check the path (relative to {Path.cwd()})")
-        return read_checkpoint_config(path), path
-    if path.suffix in {".yaml", ".yml"}:
-        if not path.exists():
-            raise ConfigError(f"model config {path} does not exist; check the path")
-        return load_model_config(path), None
-    if path.suffix or path.exists():
-        kind = f"a {path.suffix} file" if path.suffix else "a folder or a file without a suffix"
-        raise ConfigError(
-            f"model {spec} is {kind}; give a preset name (see `rsrs models`), a model config .yaml, "
-            "a checkpoint .safetensors written by `rsrs train`, or a released RSRefSeg 2 .pth"
-        )
-    return get_model_config(str(spec)), None
-
-
-def check_query_lengths(config: AnyModelConfig, texts: Sequence[str]) -> None:
-    """Fail when a query is longer than ``config``'s model reads, if its tokenizer is at hand here (a client
-    without the pretrained tokenizer files leaves the check to the workers, which load the model)."""
-    try:
-        tokenizer = build_tokenizer(config.siglip, pretrained=True, weights_root=None, download=False)
-    except WeightsNotFoundError:
-        return
-    check_lengths(tokenizer, texts)
 
 
 def _shipped_checkpoint(config: AnyModelConfig) -> Path | None:

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
-from rsrs.core.errors import ConfigError
+from rsrs.core.errors import CheckpointError, ConfigError
+from rsrs.model.weights import resolve_pretrained
+
+if TYPE_CHECKING:
+    from rsrs.model.rsrefseg.config import SiglipSpec
+    from rsrs.model.rsrefseg2.config import Siglip2Spec
 
 Padding = Literal["max_length", "longest"]
 
@@ -104,3 +109,20 @@ class PretrainedTokenizer:
             return_tensors="pt",
         )
         return TokenizedText(input_ids=out["input_ids"], valid=out["attention_mask"].bool())
+
+
+def build_tokenizer(
+    spec: SiglipSpec | Siglip2Spec,
+    *,
+    pretrained: bool,
+    weights_root: str | Path | None,
+    padding: Padding = "max_length",
+    download: bool = True,
+) -> Tokenizer:
+    """The text tokenizer the SigLIP spec asks for; random-init models (``pretrained=False``) use bytes."""
+    if spec.tokenizer == "bytes" or not pretrained:
+        return ByteTokenizer(length=spec.text_length, padding=padding)
+    if not spec.pretrained:
+        raise CheckpointError("siglip.tokenizer 'pretrained' needs siglip.pretrained (a hub id or directory)")
+    path = resolve_pretrained(spec.pretrained, what="SigLIP tokenizer", weights_root=weights_root, download=download)
+    return PretrainedTokenizer(path, length=spec.text_length, padding=padding)

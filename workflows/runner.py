@@ -29,7 +29,7 @@ from distributed import KilledWorker
 
 from rsrs.core.errors import OutputError, RsrsError
 from rsrs.core.files import output_error, write_text_atomic
-from rsrs.model.registry import check_query_lengths, resolve_model_spec
+from rsrs.model.spec import check_query_lengths, resolve_model_spec
 from rsrs.pipeline.mosaic import VARIABLE, consolidate_mosaics, create_mosaic, open_mosaic
 from rsrs.pipeline.resident import ModelRef
 from rsrs.pipeline.scenes import Scene

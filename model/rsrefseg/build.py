@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsrs.model.backbones import build_siglip, build_tokenizer
+from rsrs.model.backbones import build_siglip
 from rsrs.model.lora import apply_lora
 from rsrs.model.rsrefseg.config import RSRefSegConfig
 from rsrs.model.rsrefseg.model import RSREFSEG_TRAINABLE, RSRefSeg
 from rsrs.model.rsrefseg.prompter import AttnPrompter
 from rsrs.model.rsrefseg.sam import build_sam
+from rsrs.model.tokenizer import build_tokenizer
 
 
 def build_rsrefseg(config: RSRefSegConfig, *, pretrained: bool, weights_root: str | Path | None) -> RSRefSeg:

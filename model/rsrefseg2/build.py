@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsrs.model.backbones import build_siglip, build_tokenizer
+from rsrs.model.backbones import build_siglip
 from rsrs.model.lora import apply_lora
 from rsrs.model.rsrefseg2.backbones import build_sam2
 from rsrs.model.rsrefseg2.config import RSRefSeg2Config
 from rsrs.model.rsrefseg2.model import RSREFSEG2_TRAINABLE, ContrastiveHead, RSRefSeg2
 from rsrs.model.rsrefseg2.prompter import CascadedPrompter
+from rsrs.model.tokenizer import build_tokenizer
 
 
 def build_rsrefseg2(config: RSRefSeg2Config, *, pretrained: bool, weights_root: str | Path | None) -> RSRefSeg2:

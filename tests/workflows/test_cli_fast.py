@@ -40,3 +40,12 @@ def test_a_job_error_is_reported_before_anything_heavy_is_imported(tmp_path):
     code, first, imported = run_cli_in_fresh_python(["run", str(job)])
     assert code == 1 and first == f"Error: unknown key 'tilling' in {job}; did you mean 'tiling'?"
     assert imported == set()
+
+
+def test_a_missing_input_is_reported_before_the_networks_are_imported(tmp_path):
+    """The model is checked (preset, query lengths) and the scenes opened without transformers' networks."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"inputs: [{{geotiff: {tmp_path / 'absent.tif'}}}]\nqueries: ['ponds']\n")
+    code, first, imported = run_cli_in_fresh_python(["run", str(job)])
+    assert code == 1 and first.startswith("Error: no scene could be opened (raster not found:")
+    assert "transformers" not in imported

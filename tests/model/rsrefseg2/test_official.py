@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 
 from rsrs.core.errors import CheckpointError, ConfigError
 from rsrs.model import get_model_config, load_model
-from rsrs.model.registry import resolve_model_spec
 from rsrs.model.rsrefseg2 import official
 from rsrs.model.rsrefseg2.official import (
     UNUSED,
@@ -20,6 +19,7 @@ from rsrs.model.rsrefseg2.official import (
     official_state_dict,
 )
 from rsrs.model.rsrefseg2.sam2_convert import POS, TIED_POS
+from rsrs.model.spec import resolve_model_spec
 from tests.model.rsrefseg2.meta_sam2 import TOY, meta_sam2_layout
 from tests.model.rsrefseg2.official_layout import official_layout
 
