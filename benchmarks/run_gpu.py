@@ -78,7 +78,7 @@ def run_once(
     """One pipeline run's figures (and, with ``timeline``, where the worker's time went)."""
     path = write_job(folder, scene, model, queries=queries, tile=tile, batch=batch, tasks_per_gpu=tasks)
     t0 = time.perf_counter()
-    report, summary = timed_run(path, tasks_per_gpu=tasks) if timeline else (run_job(path, progress=False), None)
+    report, summary = timed_run(path) if timeline else (run_job(path, progress=False), None)
     total = time.perf_counter() - t0
     scene_report = report["scenes"][0]
     figures = {

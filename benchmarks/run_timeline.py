@@ -1,6 +1,6 @@
 """Where a GPU worker's time goes during `rsrs run`: the model lock, tile reads and tasks, timed inside the worker.
 
-:func:`timed_run` runs a job on a LocalCluster shaped as `rsrs run` starts it for one GPU, whose worker gets a
+:func:`timed_run` runs a job on the cluster `rsrs run` starts for it, whose workers get a
 recorder through ``client.run`` before the job starts (``rsrs.pipeline.resident.set_recorder``: the model's turns,
 the reads of tile groups and the tasks), so the run itself is `rsrs run`'s own code. :func:`summarise` reports the
 scene's lead-in (first task start to the first model batch: the first read), tail (last batch to the last task's
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
-
-import dask
-from distributed import Client, LocalCluster
 
 Event = tuple[str, int, float, float, str]  # kind, thread, start, end, first tile key
 
@@ -71,20 +68,15 @@ def summarise(events: list[Event]) -> dict:
     }
 
 
-def timed_run(job: Path, *, tasks_per_gpu: int) -> tuple[dict, dict]:
-    """Run ``job`` (with ``compute.tasks_per_gpu`` = ``tasks_per_gpu``) on an instrumented one-GPU-worker
-    LocalCluster: (the run's report, :func:`summarise` of it)."""
+def timed_run(job: Path) -> tuple[dict, dict]:
+    """Run ``job`` on the cluster `rsrs run` would start for it (:func:`rsrs.workflows.cluster.dask_client`), its
+    workers instrumented first: (the run's report, :func:`summarise` of it)."""
     from rsrs.workflows import run_job
+    from rsrs.workflows.cluster import dask_client
+    from rsrs.workflows.job import load_job
 
-    # the cluster rsrs run starts for one GPU: one non-daemon worker, a task thread per GPU share, a GPU resource
-    with (
-        dask.config.set({"distributed.worker.daemon": False}),
-        LocalCluster(
-            n_workers=1, threads_per_worker=tasks_per_gpu, processes=True, resources={"GPU": 1}
-        ) as cluster,  # fmt: skip
-        Client(cluster) as client,
-    ):
+    with dask_client(load_job(job).compute) as client:
         client.run(instrument)
-        report = run_job(job, scheduler=cluster.scheduler_address, progress=False)
+        report = run_job(job, scheduler=client.scheduler.address, progress=False)
         events = [e for worker in client.run(recorded).values() for e in worker]
     return report, summarise(events)

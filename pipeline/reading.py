@@ -13,6 +13,7 @@ whose bands GDAL flags as all valid (no nodata, mask or alpha) is not asked for 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -141,7 +142,8 @@ def read_tiles(
     h, w = windows[0].shape if windows else (0, 0)
     rgb = np.empty((len(windows), 3, h, w), dtype=np.uint8)
     valid = np.empty((len(windows), h, w), dtype=bool)
-    runs = list(_runs(windows, max_tiles=max(1, min(RUN_TILES, -(-len(windows) // max(1, parallel))))))
+    per_thread = math.ceil(len(windows) / max(1, parallel))
+    runs = list(_runs(windows, max_tiles=max(1, min(RUN_TILES, per_thread))))
     i = 0
     for run, (run_rgb, run_valid) in zip(runs, map_fn(lambda r: read_tile(scene, _union(r)), runs), strict=True):
         for window in run:

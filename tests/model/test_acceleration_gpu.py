@@ -109,7 +109,7 @@ def test_fp8_encoders_keep_most_demo_masks(demo_cuda):
     assert (got == expected).float().mean() >= 0.98
 
 
-def test_fp8_sam_with_window_padding_gives_finite_logits():
+def test_fp8_sam_with_window_padding_predicts_finite_probabilities():
     """SAM pads its token map to whole windows with zero rows (rsrefseg-b: 64 tokens in windows of 14), whose
     per-row float8 scale must not be 0 (it gave NaN logits)."""
     config = get_model_config("tiny").model_copy(deep=True)
