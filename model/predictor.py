@@ -95,7 +95,19 @@ class GraphedBatches:
                 static_out = self.fn(static_in)
         except RuntimeError as err:
             log.warning("CUDA graph capture failed for input %s; running eagerly (%s)", tuple(x.shape), err)
+            _clear_rng_capture_state(x.device)
             return None
         finally:
             torch.cuda.empty_cache()  # give back what the eager warm-up cached; the graph has its own pool
         return static_in, graph, static_out
+
+
+def _clear_rng_capture_state(device: torch.device) -> None:
+    """Take the CUDA random generator out of capture mode after a failed capture.
+
+    torch ends a capture's RNG bookkeeping only when the capture succeeds, so after a failed one every random op
+    in the process raises "Offset increment outside graph capture encountered unexpectedly". A trivial capture
+    runs that bookkeeping to its end.
+    """
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        torch.zeros(1, device=device)

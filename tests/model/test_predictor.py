@@ -31,7 +31,7 @@ def test_graphed_predict_equals_eager_predict(demo_cuda, n):
     assert torch.allclose(graphed(other), expected_other, atol=2e-3)
 
 
-def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning(caplog):
+def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning_and_random_ops_still_work(caplog):
     def syncs(x: torch.Tensor) -> torch.Tensor:
         return x * float(x.sum().item() > 0)  # .item() copies to the host: not capturable
 
@@ -41,3 +41,4 @@ def test_a_function_that_waits_for_the_host_runs_eagerly_with_a_warning(caplog):
         assert torch.equal(graphed(x), x)
         assert torch.equal(graphed(x + 1), x + 1)
     assert "running eagerly" in caplog.text
+    assert torch.rand(2, device="cuda").shape == (2,)  # the failed capture left the CUDA RNG usable
