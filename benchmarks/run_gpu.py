@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import rasterio
 import torch
 import yaml
 
@@ -121,6 +122,7 @@ def main() -> None:
         "precision": args.precision,
         "tasks_per_gpu": tasks_per_gpu[0],
         "dask_cuda": importlib.util.find_spec("dask_cuda") is not None,
+        "reads": f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}",  # decoding speed differs
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
