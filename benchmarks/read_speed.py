@@ -1,4 +1,4 @@
-"""Reading a task's tiles: one GDAL read per tile against one read per run of neighbouring tiles.
+"""Reading a task's tiles: one GDAL handle per tile against one handle per run of neighbouring tiles.
 
 Tiles' reads overlap by their context, and a window rarely starts on a block edge, so reading tile by tile
 decodes many blocks two or three times. In a worker, the reads also compete for the GIL with the threads that
@@ -40,7 +40,7 @@ def per_tile(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> t
 
 
 def per_run(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """One read per run of neighbouring tiles, runs in parallel (how workers read now)."""
+    """One open handle per run of neighbouring tiles (shared decoded blocks), runs in parallel (how workers read)."""
     return read_tiles(scene, [t.read for t in tiles], map_fn=io.map, parallel=IO_THREADS)
 
 

@@ -7,8 +7,9 @@ of a STAC item) are resampled bilinearly onto the scene grid through a ``WarpedV
 
 Datasets are opened per call and closed at once: no per-process cache grows with the number of scenes
 (GDAL's own block and ``/vsicurl/`` caches are bounded). So that neighbouring tiles do not each decode the
-blocks they share, :func:`read_tiles` reads a run of tiles in one row as one window and cuts it apart. A source
-whose bands GDAL flags as all valid (no nodata, mask or alpha) is not asked for a mask at all.
+blocks they share, :func:`read_tiles` reads a run of tiles in one row from one open handle, whose decoded blocks
+GDAL keeps in its block cache. A uint8 RGB source is decoded straight into the batch, and a source whose bands
+GDAL flags as all valid (no nodata, mask or alpha) is not asked for a mask at all.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import rasterio
@@ -27,11 +29,11 @@ from rasterio.windows import Window
 
 from rsrs.core.errors import InputDataError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
-from rsrs.pipeline.scaling import apply_scaling
+from rsrs.pipeline.scaling import apply_scaling, is_identity
 from rsrs.pipeline.scenes import Scene, open_raster
 
-#: At most this many neighbouring tiles are read as one window: enough to share blocks and GIL-free decoding,
-#: few enough to bound one read's memory (8 x 1 Mpx tiles of float32 RGB are under 100 MB).
+#: At most this many neighbouring tiles are read from one open handle (sharing its decoded blocks) by one thread:
+#: runs of this length are where most of the sharing is, and shorter runs leave more of them to other threads.
 RUN_TILES = 8
 
 
@@ -55,17 +57,22 @@ def _on_grid(dataset: rasterio.DatasetReader, grid: RasterGrid) -> bool:
 
 
 def _read_bands(
-    dataset: rasterio.DatasetReader, grid: RasterGrid, indexes: list[int], window: PixelWindow
+    dataset: rasterio.DatasetReader,
+    grid: RasterGrid,
+    indexes: list[int],
+    window: PixelWindow,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(values (k, h, w), valid (k, h, w) bool)`` of ``indexes`` inside ``window`` (within the grid); valid is
-    None where every pixel is (bands GDAL flags all valid: reading their masks would only spend time)."""
+    """``(values (k, h, w), valid (h, w) bool)`` of ``indexes`` inside ``window`` (within the grid), decoded into
+    ``out`` when given. A pixel is valid where any of the bands is; valid is None where every pixel is (bands GDAL
+    flags all valid: reading their masks would only spend time)."""
     rio_window = Window(window.col_off, window.row_off, window.width, window.height)
     if _on_grid(dataset, grid):
-        values = dataset.read(indexes, window=rio_window)
+        values = dataset.read(indexes, window=rio_window, out=out)
         flags = [dataset.mask_flag_enums[i - 1] for i in indexes]
         if all(MaskFlags.all_valid in f for f in flags):
             return values, None
-        return values, dataset.read_masks(indexes, window=rio_window) > 0
+        return values, dataset.read_masks(indexes, window=rio_window).any(axis=0)
     with WarpedVRT(
         dataset,
         crs=CRS.from_user_input(grid.crs),
@@ -75,7 +82,7 @@ def _read_bands(
         resampling=Resampling.bilinear,
         add_alpha=dataset.nodata is None,  # so pixels outside this source's footprint read as invalid
     ) as vrt:
-        return vrt.read(indexes, window=rio_window), vrt.read_masks(indexes, window=rio_window) > 0
+        return vrt.read(indexes, window=rio_window, out=out), vrt.read_masks(indexes, window=rio_window).any(axis=0)
 
 
 def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
@@ -84,38 +91,58 @@ def read_tile(scene: Scene, window: PixelWindow) -> tuple[np.ndarray, np.ndarray
     Returns ``rgb`` (3, h, w) uint8 scaled with the scene's resolved stretch and ``valid`` (h, w) bool;
     pixels outside the scene or without valid data are False in ``valid`` and 0 in ``rgb``.
     """
-    h, w = window.shape
-    rgb = np.zeros((3, h, w), dtype=np.uint8)
-    valid = np.zeros((h, w), dtype=bool)
+    rgb = np.empty((3, *window.shape), dtype=np.uint8)
+    valid = np.empty(window.shape, dtype=bool)
+    with _opened(scene) as datasets:
+        _read_into(scene, datasets, window, rgb, valid)
+    return rgb, valid
+
+
+@contextmanager
+def _opened(scene: Scene) -> Iterator[dict[str, rasterio.DatasetReader]]:
+    """The scene's source files, open: windows read from one handle share GDAL's cache of decoded blocks."""
+    with ExitStack() as stack:
+        yield {href: stack.enter_context(open_raster(href)) for href in dict.fromkeys(b.href for b in scene.bands)}
+
+
+def _read_into(
+    scene: Scene, datasets: dict[str, rasterio.DatasetReader], window: PixelWindow, rgb: np.ndarray, valid: np.ndarray
+) -> None:
+    """Fill ``rgb`` (3, h, w) and ``valid`` (h, w) with :func:`read_tile`'s values for ``window``.
+
+    A uint8 RGB source inside the scene decodes straight into ``rgb``: fresh buffers and their copies cost a
+    worker about a fifth of its read time.
+    """
     inner = window.intersection(scene.grid.full_window())
     if inner is None:
-        return rgb, valid
-    ih, iw = inner.shape
-    values = np.empty((3, ih, iw), dtype=scene.dtype)  # every position is some source band's
-    masks = np.zeros((3, ih, iw), dtype=bool)
-    all_valid = False  # a source without invalid pixels makes every pixel valid (the any-band rule)
+        rgb[:], valid[:] = 0, False
+        return
+    straight = inner == window and is_identity(scene.dtype, scene.scaling)
+    values = rgb if straight else np.empty((3, *inner.shape), dtype=scene.dtype)  # every position is some band's
+    inner_valid: np.ndarray | bool = False  # (ih, iw): valid in any band (GDAL's dataset-mask rule); True: all
     positions: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for pos, src in enumerate(scene.bands):  # href -> band index -> positions in R, G, B
         positions[src.href][src.band].append(pos)
     for href, by_band in positions.items():
         indexes = sorted(by_band)
-        with open_raster(href) as dataset:
-            try:
-                data, ok = _read_bands(dataset, scene.grid, indexes, inner)  # (k, ih, iw) each
-            except RasterioError as err:
-                raise TileReadError(scene, inner, _gdal_reason(err)) from None
-        all_valid = all_valid or ok is None
-        for k, band in enumerate(indexes):
-            for pos in by_band[band]:
-                values[pos] = data[k]
-                if ok is not None:
-                    masks[pos] = ok[k]
+        in_order = [by_band[band] for band in indexes] == [[0], [1], [2]]  # the file's bands are R, G, B
+        try:
+            data, ok = _read_bands(datasets[href], scene.grid, indexes, inner, out=values if in_order else None)
+        except RasterioError as err:
+            raise TileReadError(scene, inner, _gdal_reason(err)) from None
+        if not in_order:
+            for k, band in enumerate(indexes):
+                values[by_band[band]] = data[k]
+        inner_valid = True if ok is None or inner_valid is True else inner_valid | ok
+    if straight and inner_valid is True:
+        valid[:] = True
+        return
     scaled = apply_scaling(values, scene.scaling)  # (3, ih, iw) uint8
+    if inner != window:
+        rgb[:], valid[:] = 0, False
     rows, cols = inner.relative_to(window).slices()
-    inner_valid = True if all_valid else masks.any(axis=0)  # (ih, iw)
-    rgb[:, rows, cols] = scaled if np.all(inner_valid) else np.where(inner_valid, scaled, 0)
+    rgb[:, rows, cols] = scaled if inner_valid is True else np.where(inner_valid, scaled, 0)
     valid[rows, cols] = inner_valid
-    return rgb, valid
 
 
 def _gdal_reason(err: BaseException) -> str:
@@ -131,12 +158,11 @@ def read_tiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_tile` of each of ``windows`` (all one shape), stacked: (B, 3, h, w) uint8, (B, h, w) bool.
 
-    Windows that continue one another along a row (tiles' reads overlap by their context) are read as one
-    window of at most :data:`RUN_TILES` tiles, then cut apart: each block is decoded once rather than by every
-    tile that touches it, and one GDAL call holds the GIL far less than several, which matters in a worker
-    whose other threads feed a GPU. ``map_fn`` maps over the runs (e.g. a thread pool's ``map``) with
-    ``parallel`` threads: runs are kept short enough to give each thread one (on many cores, decoding in parallel
-    gains more than the few blocks that neighbouring runs both decode).
+    Windows that continue one another along a row (tiles' reads overlap by their context) are read as a run of
+    at most :data:`RUN_TILES` tiles from one open handle, so each block they share is decoded once (GDAL keeps it
+    in its block cache) and each tile is decoded straight into its place in the batch. ``map_fn`` maps over the runs
+    (e.g. a thread pool's ``map``) with ``parallel`` threads: runs are kept short enough to give each thread one
+    (on many cores, decoding in parallel gains more than the few blocks that neighbouring runs both decode).
     """
     assert len({w.shape for w in windows}) <= 1, "read_tiles needs windows of one shape"
     h, w = windows[0].shape if windows else (0, 0)
@@ -144,26 +170,28 @@ def read_tiles(
     valid = np.empty((len(windows), h, w), dtype=bool)
     per_thread = math.ceil(len(windows) / max(1, parallel))
     runs = list(_runs(windows, max_tiles=max(1, min(RUN_TILES, per_thread))))
-    i = 0
-    for run, (run_rgb, run_valid) in zip(runs, map_fn(lambda r: read_tile(scene, _union(r)), runs), strict=True):
-        for window in run:
-            cols = slice(window.col_off - run[0].col_off, window.col_end - run[0].col_off)
-            rgb[i], valid[i] = run_rgb[:, :, cols], run_valid[:, cols]
-            i += 1
+
+    def read_run(run: list[int]) -> None:
+        with _opened(scene) as datasets:
+            for i in run:
+                _read_into(scene, datasets, windows[i], rgb[i], valid[i])
+
+    for _ in map_fn(read_run, runs):
+        pass
     return rgb, valid
 
 
-def _runs(windows: Sequence[PixelWindow], *, max_tiles: int) -> Iterator[list[PixelWindow]]:
-    """``windows`` in order, grouped into runs of at most ``max_tiles``: same rows, each starting right of the last
-    and touching it."""
-    run: list[PixelWindow] = []
-    for window in windows:
-        if run and len(run) < max_tiles and _continues(run[-1], window):
-            run.append(window)
+def _runs(windows: Sequence[PixelWindow], *, max_tiles: int) -> Iterator[list[int]]:
+    """Indexes of ``windows`` in order, grouped into runs of at most ``max_tiles``: same rows, each starting right of
+    the last and touching it."""
+    run: list[int] = []
+    for i, window in enumerate(windows):
+        if run and len(run) < max_tiles and _continues(windows[run[-1]], window):
+            run.append(i)
             continue
         if run:
             yield run
-        run = [window]
+        run = [i]
     if run:
         yield run
 
@@ -172,8 +200,3 @@ def _continues(last: PixelWindow, window: PixelWindow) -> bool:
     """``window`` lies on ``last``'s rows and starts right of it, overlapping or touching it."""
     same_rows = (window.row_off, window.height) == (last.row_off, last.height)
     return same_rows and last.col_off < window.col_off <= last.col_end
-
-
-def _union(run: Sequence[PixelWindow]) -> PixelWindow:
-    """The window spanning a run (first to last, same rows)."""
-    return PixelWindow(run[0].row_off, run[0].col_off, run[0].height, run[-1].col_end - run[0].col_off)

@@ -86,11 +86,16 @@ def resolve_scaling(
     return tuple(pairs)
 
 
+def is_identity(dtype: np.dtype, scaling: Sequence[tuple[float, float]]) -> bool:
+    """Whether :func:`apply_scaling` returns values of ``dtype`` as they are (uint8 stretched over 0-255)."""
+    return np.dtype(dtype) == np.uint8 and all(pair == IDENTITY for pair in scaling)
+
+
 def apply_scaling(values: np.ndarray, scaling: Sequence[tuple[float, float]]) -> np.ndarray:
     """Map ``values`` (C, h, w), any dtype, to uint8 (C, h, w) with one ``(lo, hi)`` per band."""
     C = values.shape[0]
     assert len(scaling) == C, f"{len(scaling)} scaling pairs for {C} bands"
-    if values.dtype == np.uint8 and all(pair == IDENTITY for pair in scaling):
+    if is_identity(values.dtype, scaling):
         return values
     lo = np.array([p[0] for p in scaling], dtype=np.float32).reshape(C, 1, 1)
     hi = np.array([p[1] for p in scaling], dtype=np.float32).reshape(C, 1, 1)
