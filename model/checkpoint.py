@@ -11,16 +11,16 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from rsrs.core.errors import CheckpointError
 from rsrs.core.files import atomic_path
 from rsrs.model.config import parse_model_config
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from rsrs.model.spec import AnyModelConfig
 
 CONFIG_KEY = "rsrs_model_config"
@@ -54,6 +54,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, config: AnyModelConfi
     ``also`` names frozen parameters to store as well: those the config cannot rebuild, such as weights a run
     started from (an init checkpoint) and now keeps frozen; without them the file would load with them at init.
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in trained_state_dict(model, also=also).items()}
@@ -66,7 +68,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, config: AnyModelConfi
 def read_checkpoint_config(path: str | Path) -> AnyModelConfig:
     """The model config stored in a checkpoint."""
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # the metadata only: no torch needed
             metadata = f.metadata() or {}
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from None
@@ -78,6 +80,8 @@ def read_checkpoint_config(path: str | Path) -> AnyModelConfig:
 def apply_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Copy a checkpoint's tensors into ``model``; every stored tensor must match a parameter or buffer, and every
     trained parameter must be stored."""
+    import torch
+
     params = dict(model.named_parameters()) | dict(model.named_buffers())
     with safe_open(str(path), framework="pt", device="cpu") as f:
         names = list(f.keys())

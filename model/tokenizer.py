@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-import torch
-
 from rsrs.core.errors import CheckpointError, ConfigError
 from rsrs.model.weights import resolve_pretrained
 
 if TYPE_CHECKING:
+    import torch
+
     from rsrs.model.rsrefseg.config import SiglipSpec
     from rsrs.model.rsrefseg2.config import Siglip2Spec
 
@@ -76,6 +76,8 @@ class ByteTokenizer:
         return [len(self._bytes(t)) + 1 for t in texts]
 
     def __call__(self, texts: list[str]) -> TokenizedText:
+        import torch  # lazily: checking a job's query lengths (count) needs no torch
+
         rows = [[b + self.offset for b in self._bytes(text)][: self.length - 1] + [self.eos_id] for text in texts]
         L = self.length if self.padding == "max_length" else max(len(row) for row in rows)
         ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)  # Q x L

@@ -1,7 +1,8 @@
 """``rsrs run JOB.yaml`` and its Python API :func:`run_job`: segment a job's queries in every scene.
 
 This module stays light (no torch, Dask or GDAL at import), so ``rsrs run --help`` and job errors answer at
-once; the run itself is :mod:`rsrs.workflows.runner`.
+once; a run's inputs are checked in :mod:`rsrs.workflows.run_start`, before the run itself
+(:mod:`rsrs.workflows.runner`) imports the model and Dask.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ def run_job(
     Prints nothing: ``progress`` shows progress bars on stderr, ``notify`` receives one-line notes (the Dask
     dashboard's address). Raises :class:`~rsrs.workflows.run_outputs.RunError` when nothing could run.
     """
-    from rsrs.workflows.runner import execute
+    from rsrs.workflows.run_start import open_run
 
     job = job_or_path if isinstance(job_or_path, Job) else load_job(job_or_path)
-    return execute(job, scheduler=scheduler, overwrite=overwrite, dry_run=dry_run, progress=progress, notify=notify)
+    opened = open_run(job, overwrite=overwrite, progress=progress)  # bad inputs answer before the heavy imports
+    from rsrs.workflows.runner import execute
+
+    return execute(
+        job, opened, scheduler=scheduler, overwrite=overwrite, dry_run=dry_run, progress=progress, notify=notify
+    )
 
 
 @click.command("run")

@@ -1,4 +1,5 @@
-"""How a run proceeds: check the run folder -> resolve scenes -> plan -> compute -> polygons per scene -> report.
+"""How a run proceeds once :mod:`rsrs.workflows.run_start` has checked its folder, model and scenes: plan -> compute
+-> polygons per scene -> report.
 
 The client plans tiles, creates each scene's Zarr group and submits batches of tiles (bounded in flight);
 workers write chunks and per-tile polygon sidecars (``<dir>/tiles/<scene_id>/<tile>.parquet``) and send back
@@ -29,14 +30,12 @@ from distributed import KilledWorker
 
 from rsrs.core.errors import OutputError, RsrsError
 from rsrs.core.files import output_error, write_text_atomic
-from rsrs.model.spec import check_query_lengths, resolve_model_spec
 from rsrs.pipeline.mosaic import VARIABLE, consolidate_mosaics, create_mosaic, open_mosaic
 from rsrs.pipeline.resident import ModelRef
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tasks import BatchResult
 from rsrs.pipeline.tiling import Tile
 from rsrs.workflows.export import write_run_cogs
-from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
 from rsrs.workflows.overlay import write_overlay
 from rsrs.workflows.progress import TileProgress
@@ -52,7 +51,6 @@ from rsrs.workflows.run_outputs import (
     REPORT,
     TILES,
     RunError,
-    check_output_dir,
     claim_output_dir,
     job_identity,
     refuse_other_job,
@@ -60,8 +58,9 @@ from rsrs.workflows.run_outputs import (
 from rsrs.workflows.run_plan import ScenePlan, plan_run
 from rsrs.workflows.run_polygons import existing_part, part_path, prune_parts, write_part
 from rsrs.workflows.run_report import SceneReport, SceneStatus, run_report
+from rsrs.workflows.run_start import OpenedRun
 from rsrs.workflows.run_workers import WorkerLog, killed_message
-from rsrs.workflows.truth import check_truths, score_truths
+from rsrs.workflows.truth import score_truths
 
 log = logging.getLogger(__name__)
 
@@ -112,31 +111,21 @@ class _Run:
         return report
 
 
-def execute(job: Job, *, scheduler: str | None, overwrite: bool, dry_run: bool, progress: bool,
+def execute(job: Job, opened: OpenedRun, *, scheduler: str | None, overwrite: bool, dry_run: bool, progress: bool,
             notify: Callable[[str], None]) -> dict:  # fmt: skip
-    """Run ``job`` (see :func:`rsrs.workflows.run.run_job`) and return its report."""
+    """Run ``job`` over the scenes :func:`~rsrs.workflows.run_start.open_run` opened (see
+    :func:`rsrs.workflows.run.run_job`) and return its report."""
     run = _Run(job, progress=progress, notify=notify)
-    check_output_dir(run.out)
-    if not overwrite:
-        refuse_other_job(run.out, run.identity)
-    config, _ = resolve_model_spec(run.model.source)  # a bad preset or missing file fails here, not on workers
-    check_query_lengths(config, [q.text for q in job.queries])
-    resolved = resolve_scenes(job, progress=progress)
-    failures = [SceneReport.unresolved(f.source, f.message) for f in resolved.failures]
-    if not resolved.scenes:
-        first = failures[0].error if failures else "the inputs name no scene"
-        raise RunError(f"no scene could be opened ({first}); nothing was written")
-    check_truths(job.queries, resolved.scenes)
     if dry_run:
-        plans = plan_run(job, resolved.scenes, lambda _: set())
+        plans = plan_run(job, opened.scenes, lambda _: set())
         for plan in plans:
             plan.report.status = SceneStatus.PLANNED
-        return run.report([p.report for p in plans] + failures, dry_run=True)
+        return run.report([p.report for p in plans] + opened.failures, dry_run=True)
     with hold_run_folder(run.out):
         if not overwrite:  # again: another run may have written here while this one opened its scenes
             refuse_other_job(run.out, run.identity)
         claim_output_dir(run.out, run.identity, overwrite=overwrite)
-        return _run_claimed(run, resolved.scenes, failures, scheduler=scheduler)
+        return _run_claimed(run, opened.scenes, opened.failures, scheduler=scheduler)
 
 
 def _run_claimed(run: _Run, scenes: Sequence[Scene], failures: list[SceneReport], *, scheduler: str | None) -> dict:

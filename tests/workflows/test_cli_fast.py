@@ -42,10 +42,10 @@ def test_a_job_error_is_reported_before_anything_heavy_is_imported(tmp_path):
     assert imported == set()
 
 
-def test_a_missing_input_is_reported_before_the_networks_are_imported(tmp_path):
-    """The model is checked (preset, query lengths) and the scenes opened without transformers' networks."""
+def test_a_missing_input_is_reported_before_torch_dask_and_the_writers_are_imported(tmp_path):
+    """The model is checked (preset, query lengths) and the scenes opened with only GDAL of the heavy stack."""
     job = tmp_path / "job.yaml"
     job.write_text(f"inputs: [{{geotiff: {tmp_path / 'absent.tif'}}}]\nqueries: ['ponds']\n")
     code, first, imported = run_cli_in_fresh_python(["run", str(job)])
     assert code == 1 and first.startswith("Error: no scene could be opened (raster not found:")
-    assert "transformers" not in imported
+    assert imported == {"rasterio"}
