@@ -1,10 +1,12 @@
-"""Reading a task's tiles: one GDAL handle per tile against one handle per run of neighbouring tiles.
+"""Reading a task's tiles: fresh GDAL handles for each tile against the task's :class:`SceneReader`.
 
-Tiles' reads overlap by their context, and a window rarely starts on a block edge, so reading tile by tile
-decodes many blocks two or three times. In a worker, the reads also compete for the GIL with the threads that
-feed the model: each read gives it up and must win it back several times. This reads every tile of a synthetic
-scene (tiled, deflate, 512-pixel blocks, as ``benchmarks.run_rss`` writes it) in the workers' groups, with the
-workers' thread pool, both ways, alone and beside a busy Python thread, and checks the two give equal pixels.
+Tiles' reads overlap by their context, and a window rarely starts on a block edge, so reading each tile from a
+fresh handle decodes many blocks two or three times. A task's ``SceneReader`` keeps one handle per thread open for
+the task and gives each thread a band of columns, so a tile's left and upper neighbours have decoded its shared
+blocks already (GDAL's block cache). In a worker, the reads also compete for the GIL with the threads that feed the
+model. This reads every tile of a synthetic scene (tiled, deflate, 512-pixel blocks, as ``benchmarks.run_rss``
+writes it) in the workers' tasks and batches, with the workers' thread count, both ways, alone and beside a busy
+Python thread, and checks the two give equal pixels.
 
 Run from the repository root:  python -m benchmarks.read_speed [--size 8192] [--tile-size 1024] [--batch 16]
 """
@@ -16,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,33 +28,40 @@ import rasterio
 from benchmarks._common import busy_python_thread, write_result
 from benchmarks.run_rss import write_scene
 from rsrs.pipeline.finisher import IO_THREADS
-from rsrs.pipeline.reading import read_tile, read_tiles
+from rsrs.pipeline.reading import SceneReader, read_tile
 from rsrs.pipeline.scenes import Scene, scene_from_raster
 from rsrs.pipeline.tiling import Tile, batched, plan_tiles
+from rsrs.workflows.run_plan import BATCHES_PER_TASK
 
-Reader = Callable[[ThreadPoolExecutor, Scene, tuple[Tile, ...]], tuple[np.ndarray, np.ndarray]]
-
-
-def per_tile(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """One read per tile, in parallel (how workers read before runs)."""
-    reads = list(io.map(lambda t: read_tile(scene, t.read), tiles))
-    return np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
+Batches = list[tuple[Tile, ...]]  # one task's batches
+Reader = Callable[[Scene, Batches], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
-def per_run(io: ThreadPoolExecutor, scene: Scene, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """One open handle per run of neighbouring tiles (shared decoded blocks), runs in parallel (how workers read)."""
-    return read_tiles(scene, [t.read for t in tiles], map_fn=io.map, parallel=IO_THREADS)
-
-
-def ms_per_tile(read: Reader, scene: Scene, groups: list[tuple[Tile, ...]]) -> tuple[float, float]:
-    """Wall and CPU (all threads of this process) milliseconds per tile to read ``groups`` one after another."""
+def per_tile(scene: Scene, task: Batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each tile from fresh handles, a batch's tiles in parallel (how workers read before runs)."""
     with ThreadPoolExecutor(IO_THREADS) as io:
-        read(io, scene, groups[0])  # warm: imports, GDAL drivers
-        wall, cpu = time.perf_counter(), time.process_time()
-        for group in groups:
-            read(io, scene, group)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    tiles = sum(len(g) for g in groups)
+        for tiles in task:
+            reads = list(io.map(lambda t: read_tile(scene, t.read), tiles))
+            yield np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
+
+
+def scene_reader(scene: Scene, task: Batches) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The task's batches through one :class:`SceneReader` (how workers read now)."""
+    with SceneReader(scene, threads=IO_THREADS) as reader:
+        for tiles in task:
+            yield reader.read([t.read for t in tiles])
+
+
+def ms_per_tile(read: Reader, scene: Scene, tasks: list[Batches]) -> tuple[float, float]:
+    """Wall and CPU (all threads of this process) milliseconds per tile to read ``tasks`` one after another."""
+    for _ in read(scene, tasks[0]):  # warm: imports, GDAL drivers
+        pass
+    wall, cpu = time.perf_counter(), time.process_time()
+    for task in tasks:
+        for _ in read(scene, task):
+            pass
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    tiles = sum(len(batch) for task in tasks for batch in task)
     return round(wall * 1000 / tiles, 2), round(cpu * 1000 / tiles, 2)
 
 
@@ -78,19 +87,21 @@ def main() -> None:
         path = Path(tmp) / "scene.tif"
         write_scene(path, args.size)
         scene = scene_from_raster(str(path))
-        groups = batched(list(plan_tiles(scene.grid, tile_size=args.tile_size, overlap=args.overlap)), args.batch)
-        result["tiles"] = sum(len(g) for g in groups)
-        with ThreadPoolExecutor(IO_THREADS) as io:
-            a, b = per_tile(io, scene, groups[1 % len(groups)]), per_run(io, scene, groups[1 % len(groups)])
-        result["equal_pixels"] = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
-        for name, read in {"per_tile": per_tile, "per_run": per_run}.items():
-            result[f"{name}_ms_per_tile"], result[f"{name}_cpu_ms_per_tile"] = ms_per_tile(read, scene, groups)
+        tiles = list(plan_tiles(scene.grid, tile_size=args.tile_size, overlap=args.overlap))
+        tasks = [batched(list(t), args.batch) for t in batched(tiles, args.batch * BATCHES_PER_TASK)]
+        result["tiles"], result["tasks"] = len(tiles), len(tasks)
+        a, b = (list(read(scene, tasks[0])) for read in (per_tile, scene_reader))
+        pairs = [(x, y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)]  # rgb, valid
+        result["equal_pixels"] = all(np.array_equal(x, y) for x, y in pairs)
+        readers = {"per_tile": per_tile, "scene_reader": scene_reader}
+        for name, read in readers.items():
+            result[f"{name}_ms_per_tile"], result[f"{name}_cpu_ms_per_tile"] = ms_per_tile(read, scene, tasks)
         with busy_python_thread(args.tile_size):  # its own CPU time is counted too: compare wall times here
-            for name, read in {"per_tile": per_tile, "per_run": per_run}.items():
-                result[f"{name}_beside_busy_thread_ms_per_tile"] = ms_per_tile(read, scene, groups)[0]
-    result["speedup"] = round(result["per_tile_ms_per_tile"] / result["per_run_ms_per_tile"], 2)
+            for name, read in readers.items():
+                result[f"{name}_beside_busy_thread_ms_per_tile"] = ms_per_tile(read, scene, tasks)[0]
+    result["speedup"] = round(result["per_tile_ms_per_tile"] / result["scene_reader_ms_per_tile"], 2)
     result["speedup_beside_busy_thread"] = round(
-        result["per_tile_beside_busy_thread_ms_per_tile"] / result["per_run_beside_busy_thread_ms_per_tile"], 2
+        result["per_tile_beside_busy_thread_ms_per_tile"] / result["scene_reader_beside_busy_thread_ms_per_tile"], 2
     )
     write_result(args.name, result)
 

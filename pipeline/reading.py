@@ -5,18 +5,19 @@ alpha bands alike. A pixel is valid when any of its R, G, B bands is (GDAL's dat
 pixel with one zero channel is not nodata). Sources whose grid differs from the scene's (a coarser band
 of a STAC item) are resampled bilinearly onto the scene grid through a ``WarpedVRT``.
 
-Datasets are opened per call and closed at once: no per-process cache grows with the number of scenes
+Datasets stay open for one call or one task, no longer: no per-process cache grows with the number of scenes
 (GDAL's own block and ``/vsicurl/`` caches are bounded). So that neighbouring tiles do not each decode the
-blocks they share, :func:`read_tiles` reads a run of tiles in one row from one open handle, whose decoded blocks
-GDAL keeps in its block cache. A uint8 RGB source is decoded straight into the batch, and a source whose bands
-GDAL flags as all valid (no nodata, mask or alpha) is not asked for a mask at all.
+blocks they share, a task reads its tiles through one :class:`SceneReader`, whose threads keep the files open
+while the task runs. A uint8 RGB source is decoded straight into the batch, and a source whose bands GDAL flags
+as all valid (no nodata, mask or alpha) is not asked for a mask at all.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
@@ -31,10 +32,6 @@ from rsrs.core.errors import InputDataError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
 from rsrs.pipeline.scaling import apply_scaling, is_identity
 from rsrs.pipeline.scenes import Scene, open_raster
-
-#: At most this many neighbouring tiles are read from one open handle (sharing its decoded blocks) by one thread:
-#: runs of this length are where most of the sharing is, and shorter runs leave more of them to other threads.
-RUN_TILES = 8
 
 
 class TileReadError(InputDataError):
@@ -153,50 +150,58 @@ def _gdal_reason(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def read_tiles(
-    scene: Scene, windows: Sequence[PixelWindow], *, map_fn: Callable[..., Iterable] = map, parallel: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`read_tile` of each of ``windows`` (all one shape), stacked: (B, 3, h, w) uint8, (B, h, w) bool.
+class SceneReader:
+    """Reads a task's tiles of one scene, batch after batch, on ``threads`` threads.
 
-    Windows that continue one another along a row (tiles' reads overlap by their context) are read as a run of
-    at most :data:`RUN_TILES` tiles from one open handle, so each block they share is decoded once (GDAL keeps it
-    in its block cache) and each tile is decoded straight into its place in the batch. ``map_fn`` maps over the runs
-    (e.g. a thread pool's ``map``) with ``parallel`` threads: runs are kept short enough to give each thread one
-    (on many cores, decoding in parallel gains more than the few blocks that neighbouring runs both decode).
+    Each thread reads the tiles of one band of columns and keeps the scene's files open until the reader closes,
+    so a tile shares decoded blocks (GDAL's block cache of that thread's handles) with its left and upper
+    neighbours, across the task's batches; the bands decode in parallel. Reading each tile from fresh handles
+    would decode most blocks two or three times (tiles overlap by their context, and windows rarely start on a
+    block edge). Use as a context manager: the files close on exit.
     """
-    assert len({w.shape for w in windows}) <= 1, "read_tiles needs windows of one shape"
-    h, w = windows[0].shape if windows else (0, 0)
-    rgb = np.empty((len(windows), 3, h, w), dtype=np.uint8)
-    valid = np.empty((len(windows), h, w), dtype=bool)
-    per_thread = math.ceil(len(windows) / max(1, parallel))
-    runs = list(_runs(windows, max_tiles=max(1, min(RUN_TILES, per_thread))))
 
-    def read_run(run: list[int]) -> None:
-        with _opened(scene) as datasets:
-            for i in run:
-                _read_into(scene, datasets, windows[i], rgb[i], valid[i])
+    def __init__(self, scene: Scene, *, threads: int = 1) -> None:
+        self.scene = scene
+        self._threads = [ThreadPoolExecutor(1, f"rsrs-read-{k}") for k in range(max(1, threads))]
+        self._open: dict[int, tuple[ExitStack, dict[str, rasterio.DatasetReader]]] = {}  # thread -> its handles
 
-    for _ in map_fn(read_run, runs):
-        pass
-    return rgb, valid
+    def read(self, windows: Sequence[PixelWindow]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`read_tile` of each of ``windows`` (all one shape), stacked: (B, 3, h, w) uint8, (B, h, w) bool."""
+        assert len({w.shape for w in windows}) <= 1, "a batch of windows has one shape"
+        h, w = windows[0].shape if windows else (0, 0)
+        rgb = np.empty((len(windows), 3, h, w), dtype=np.uint8)
+        valid = np.empty((len(windows), h, w), dtype=bool)
+        band = math.ceil(self.scene.grid.width / len(self._threads))  # columns of each thread
+        by_thread: dict[int, list[int]] = defaultdict(list)
+        for i, window in enumerate(windows):
+            centre = window.col_off + window.width // 2
+            by_thread[min(len(self._threads) - 1, max(0, centre // band))].append(i)
 
+        def read_some(k: int, indexes: list[int]) -> None:
+            datasets = self._datasets(k)
+            for i in indexes:
+                _read_into(self.scene, datasets, windows[i], rgb[i], valid[i])
 
-def _runs(windows: Sequence[PixelWindow], *, max_tiles: int) -> Iterator[list[int]]:
-    """Indexes of ``windows`` in order, grouped into runs of at most ``max_tiles``: same rows, each starting right of
-    the last and touching it."""
-    run: list[int] = []
-    for i, window in enumerate(windows):
-        if run and len(run) < max_tiles and _continues(windows[run[-1]], window):
-            run.append(i)
-            continue
-        if run:
-            yield run
-        run = [i]
-    if run:
-        yield run
+        for done in [self._threads[k].submit(read_some, k, indexes) for k, indexes in by_thread.items()]:
+            done.result()
+        return rgb, valid
 
+    def _datasets(self, k: int) -> dict[str, rasterio.DatasetReader]:
+        """Thread ``k``'s open handles (opened on its first read, in that thread: GDAL's settings are per thread)."""
+        if k not in self._open:
+            stack = ExitStack()
+            self._open[k] = stack, stack.enter_context(_opened(self.scene))
+        return self._open[k][1]
 
-def _continues(last: PixelWindow, window: PixelWindow) -> bool:
-    """``window`` lies on ``last``'s rows and starts right of it, overlapping or touching it."""
-    same_rows = (window.row_off, window.height) == (last.row_off, last.height)
-    return same_rows and last.col_off < window.col_off <= last.col_end
+    def close(self) -> None:
+        """Close every thread's files, each in its own thread, and stop the threads."""
+        for k, (stack, _) in self._open.items():
+            self._threads[k].submit(stack.close).result()
+        for thread in self._threads:
+            thread.shutdown()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

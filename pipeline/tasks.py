@@ -28,7 +28,7 @@ from rsrs.pipeline.geometry import PixelWindow
 from rsrs.pipeline.mosaic import mark_nodata, write_core
 from rsrs.pipeline.network import DEFAULT_HTTP, HttpOptions, use_http_options
 from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
-from rsrs.pipeline.reading import TileReadError, read_tiles
+from rsrs.pipeline.reading import SceneReader, TileReadError
 from rsrs.pipeline.resident import ModelRef, ResidentModel, resident_model
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
@@ -98,8 +98,8 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     except OSError as err:
         raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
-    with ThreadPoolExecutor(IO_THREADS, "rsrs-io") as io, ThreadPoolExecutor(1, "rsrs-read") as reader:
-        pending_read = reader.submit(_read_group, resident, io, task.scene, groups[0]) if groups else None
+    with SceneReader(task.scene, threads=IO_THREADS) as scene, ThreadPoolExecutor(1, "rsrs-read") as reader:
+        pending_read = reader.submit(_read_group, resident, scene, groups[0]) if groups else None
         for g, group in enumerate(groups):
             assert pending_read is not None
             try:
@@ -109,7 +109,7 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
                 break
             result.read_s += read_s
             if g + 1 < len(groups):
-                pending_read = reader.submit(_read_group, resident, io, task.scene, groups[g + 1])
+                pending_read = reader.submit(_read_group, resident, scene, groups[g + 1])
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
@@ -131,12 +131,12 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
 
 
 def _read_group(
-    resident: ResidentModel, io: ThreadPoolExecutor, scene: Scene, tiles: Sequence[Tile]
+    resident: ResidentModel, scene: SceneReader, tiles: Sequence[Tile]
 ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
-    """Read tiles' windows, runs of neighbours in parallel: (B x 3 x T x T uint8, B x T x T bool), seconds."""
+    """Read tiles' windows: (B x 3 x T x T uint8, B x T x T bool), seconds."""
     start = time.perf_counter()
     with resident.timed("read", tiles[0].key):
-        batch = read_tiles(scene, [t.read for t in tiles], map_fn=io.map, parallel=IO_THREADS)
+        batch = scene.read([t.read for t in tiles])
     return batch, time.perf_counter() - start
 
 

@@ -1,9 +1,12 @@
+import threading
+
 import numpy as np
 import pytest
 import rasterio
 
+from rsrs.pipeline import reading
 from rsrs.pipeline.geometry import PixelWindow
-from rsrs.pipeline.reading import RUN_TILES, read_tile, read_tiles
+from rsrs.pipeline.reading import SceneReader, read_tile
 from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
 from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
 from rsrs.pipeline.tiling import plan_tiles
@@ -106,17 +109,6 @@ def test_reading_a_cog_over_http_equals_reading_the_file(tmp_path):
     np.testing.assert_array_equal(remote[1], local[1])
 
 
-def _counting_map(runs: list):
-    """A ``map`` that records each run of windows it is given (one GDAL read each)."""
-
-    def map_fn(fn, items):
-        items = list(items)
-        runs.extend(items)
-        return map(fn, items)
-
-    return map_fn
-
-
 def _assert_each_equals_its_own_read(scene, windows, rgb, valid) -> None:
     """Batch entry b holds exactly what :func:`read_tile` gives for windows[b]."""
     for b, window in enumerate(windows):
@@ -125,49 +117,55 @@ def _assert_each_equals_its_own_read(scene, windows, rgb, valid) -> None:
         np.testing.assert_array_equal(valid[b], one_valid)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(
     "kwargs", [{}, {"nodata": 0}, {"alpha": True}, {"mask": True}, {"dtype": "uint16", "nodata": 0}]
 )
-def test_tiles_read_in_runs_equal_tiles_read_one_by_one(tmp_path, kwargs):
+def test_a_scene_readers_batches_equal_tiles_read_one_by_one(tmp_path, kwargs, threads):
     path = write_geotiff(tmp_path / "a.tif", shape=(150, 230), blocksize=32, **kwargs)
     scene = scene_from_raster(str(path))
     windows = [t.read for t in plan_tiles(scene.grid, tile_size=48, overlap=8)]  # 5 rows x 8 cols, boundless edges
-    runs: list = []
-    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
+    with SceneReader(scene, threads=threads) as reader:
+        batches = [reader.read(windows[i : i + 16]) for i in range(0, len(windows), 16)]  # as a task reads
+    rgb, valid = (np.concatenate(parts) for parts in zip(*batches, strict=True))
     assert rgb.shape == (40, 3, 48, 48) and valid.shape == (40, 48, 48)
-    assert len(runs) == 5  # one read per row of tiles (8 = RUN_TILES tiles each)
     _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
-def test_runs_break_at_gaps_row_changes_and_the_run_cap(tmp_path):
-    path = write_geotiff(tmp_path / "a.tif", shape=(64, 400))
-    scene = scene_from_raster(str(path))
-    tiles = list(plan_tiles(scene.grid, tile_size=24, overlap=4))  # 4 rows x 25 cols
-    chosen = [tiles[i] for i in (0, 1, 2, 4, 5, *range(25, 25 + RUN_TILES + 1))]  # a gap, then a long next row
-    runs: list = []
-    windows = [t.read for t in chosen]
-    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
-    assert [len(r) for r in runs] == [3, 2, RUN_TILES, 1]
-    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
-
-
-def test_resampled_bands_read_in_runs_equal_tiles_read_one_by_one(tmp_path):
+def test_resampled_bands_read_by_a_scene_reader_equal_tiles_read_one_by_one(tmp_path):
     b04, b03, b02 = write_band_files(tmp_path, shape=(64, 64), res=10.0)  # B03 is 32 x 32 at 20 m
     scene = scene_from_sources(
         "s2", [BandSource(str(p), 1) for p in (b04, b03, b02)], scaling=ScalingSpec(), source="test"
     )
     windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)]  # 4 rows x 4 cols
-    runs: list = []
-    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs))
-    assert [len(r) for r in runs] == [4, 4, 4, 4]  # read through the WarpedVRT one row at a time
+    with SceneReader(scene, threads=2) as reader:
+        rgb, valid = reader.read(windows)  # through a WarpedVRT
     _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
-def test_runs_shorten_so_each_parallel_reader_gets_one(tmp_path):
-    path = write_geotiff(tmp_path / "a.tif", shape=(64, 400))
+def test_each_reader_thread_opens_the_files_once_and_reads_one_band_of_columns(tmp_path, monkeypatch):
+    """A thread keeps its handles across batches (its tiles share their decoded blocks) and reads the tiles whose
+    centres lie in its band of columns (its left and upper neighbours' blocks are in its cache)."""
+    path = write_geotiff(tmp_path / "a.tif", shape=(96, 400))
     scene = scene_from_raster(str(path))
-    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)][:RUN_TILES]  # one row's run
-    runs: list = []
-    rgb, valid = read_tiles(scene, windows, map_fn=_counting_map(runs), parallel=4)
-    assert [len(r) for r in runs] == [RUN_TILES // 4] * 4
-    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)]  # 6 rows x 25 cols
+    opened: list[str] = []
+    read_by: dict[int, set[str]] = {}
+    real_open, real_read = reading.open_raster, reading._read_into
+
+    def counting_open(href):
+        opened.append(threading.current_thread().name)
+        return real_open(href)
+
+    def recording_read(scene, datasets, window, rgb, valid):
+        read_by.setdefault(window.col_off + window.width // 2, set()).add(threading.current_thread().name)
+        real_read(scene, datasets, window, rgb, valid)
+
+    monkeypatch.setattr(reading, "open_raster", counting_open)
+    monkeypatch.setattr(reading, "_read_into", recording_read)
+    with SceneReader(scene, threads=4) as reader:
+        for i in range(0, len(windows), 16):
+            reader.read(windows[i : i + 16])
+    assert sorted(opened) == [f"rsrs-read-{k}_0" for k in range(4)]  # once per thread, for all 10 batches
+    for centre, threads in read_by.items():
+        assert threads == {f"rsrs-read-{min(3, centre // 100)}_0"}  # bands of 100 columns
