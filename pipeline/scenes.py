@@ -28,10 +28,13 @@ from rsrs.pipeline.geometry import RasterGrid
 from rsrs.pipeline.network import http_options
 from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec, resolve_scaling
 
-#: GDAL settings for every open: no directory listing per remote file and a few threads to decode the blocks of
-#: one read (GeoTIFF, GDAL >= 3.6) without the GIL; HTTP retries and timeouts come from :mod:`rsrs.pipeline.network`.
+#: GDAL settings for every open: no directory listing per remote file, and threads to decode the blocks of a read
+#: (GeoTIFF, GDAL >= 3.6) without the GIL. Those threads are one pool per process, as large as the largest
+#: GDAL_NUM_THREADS any read asked for, shared by every reading thread of a worker: so it is sized to the machine
+#: (with 4, a 16-core GPU worker read about 150 tiles/s however many tasks read: about what 4 threads decode). HTTP
+#: retries and timeouts come from :mod:`rsrs.pipeline.network`.
 GDAL_ENV = {
-    "GDAL_NUM_THREADS": str(min(4, os.cpu_count() or 1)),
+    "GDAL_NUM_THREADS": str(os.cpu_count() or 1),
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
 }
 
