@@ -98,8 +98,8 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     except OSError as err:
         raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
-    with SceneReader(task.scene, threads=IO_THREADS) as scene, ThreadPoolExecutor(1, "rsrs-read") as reader:
-        pending_read = reader.submit(_read_group, resident, scene, groups[0]) if groups else None
+    with SceneReader(task.scene, threads=IO_THREADS) as scene_reader, ThreadPoolExecutor(1, "rsrs-read") as reader:
+        pending_read = reader.submit(_read_group, resident, scene_reader, groups[0]) if groups else None
         for g, group in enumerate(groups):
             assert pending_read is not None
             try:
@@ -109,7 +109,7 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
                 break
             result.read_s += read_s
             if g + 1 < len(groups):
-                pending_read = reader.submit(_read_group, resident, scene, groups[g + 1])
+                pending_read = reader.submit(_read_group, resident, scene_reader, groups[g + 1])
             has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
             codes = None
             if has_data.any():
@@ -131,12 +131,12 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
 
 
 def _read_group(
-    resident: ResidentModel, scene: SceneReader, tiles: Sequence[Tile]
+    resident: ResidentModel, scene_reader: SceneReader, tiles: Sequence[Tile]
 ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
     """Read tiles' windows: (B x 3 x T x T uint8, B x T x T bool), seconds."""
     start = time.perf_counter()
     with resident.timed("read", tiles[0].key):
-        batch = scene.read([t.read for t in tiles])
+        batch = scene_reader.read([t.read for t in tiles])
     return batch, time.perf_counter() - start
 
 
