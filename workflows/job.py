@@ -234,6 +234,11 @@ class ModelSpec(_Strict):
         """What ``rsrs.model.load_model`` takes: the preset name or the config path."""
         return self.preset or self.config or ""
 
+    @property
+    def source(self) -> str:
+        """The model workers load: the fine-tuned checkpoint when given, else :attr:`name`."""
+        return self.checkpoint or self.name
+
 
 class Tiling(_Strict):
     """Tile size and context ``overlap`` in pixels, tiles per model batch."""

@@ -31,7 +31,7 @@ def open_run(job: Job, *, overwrite: bool, progress: bool) -> OpenedRun:
     check_output_dir(out)
     if not overwrite:
         refuse_other_job(out, job_identity(job))
-    config, _ = resolve_model_spec(job.model.checkpoint or job.model.name)  # here, not on the workers
+    config, _ = resolve_model_spec(job.model.source)  # here, not on the workers
     check_query_lengths(config, [q.text for q in job.queries])
     resolved = resolve_scenes(job, progress=progress)
     failures = [SceneReport.unresolved(f.source, f.message) for f in resolved.failures]

@@ -73,7 +73,7 @@ class _Run:
         self.out = Path(job.output.dir).resolve()
         self.identity = job_identity(job)
         spec = job.model
-        self.model = ModelRef(spec.checkpoint or spec.name, spec.device, compile=spec.compile, precision=spec.precision)
+        self.model = ModelRef(spec.source, spec.device, compile=spec.compile, precision=spec.precision)
         self.progress, self.notify = progress, notify
         self.started = time.time()
         self.devices: set[str] = set()
@@ -280,7 +280,7 @@ def _score_and_draw(job: Job, plans: list[ScenePlan], out: Path) -> None:
     """For each finished scene: IoUs against the queries' truths (into its report) and the overlay PNG."""
     if not (job.output.overlay or any(q.truth for q in job.queries)):
         return
-    model_name = Path(job.model.checkpoint or job.model.name).name
+    model_name = Path(job.model.source).name
     for plan in plans:
         probability = open_mosaic(out / MASKS, plan.id)[VARIABLE]
         scores = score_truths(probability, job.queries, threshold=job.output.threshold)
