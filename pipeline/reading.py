@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
@@ -157,11 +157,16 @@ class SceneReader:
     so a tile shares decoded blocks (GDAL's block cache of that thread's handles) with its left and upper
     neighbours, across the task's batches; the bands decode in parallel. Reading each tile from fresh handles
     would decode most blocks two or three times (tiles overlap by their context, and windows rarely start on a
-    block edge). Use as a context manager: the files close on exit.
+    block edge). ``empty(shape)`` makes each batch's uninitialised uint8 RGB array: a GPU worker passes pinned host
+    memory, so tiles decode straight into what the copy to the GPU reads. Use as a context manager: the files close
+    on exit.
     """
 
-    def __init__(self, scene: Scene, *, threads: int = 1) -> None:
+    def __init__(
+        self, scene: Scene, *, threads: int = 1, empty: Callable[[tuple[int, ...]], np.ndarray] | None = None
+    ) -> None:
         self.scene = scene
+        self._empty = empty or (lambda shape: np.empty(shape, dtype=np.uint8))
         self._threads = [ThreadPoolExecutor(1, f"rsrs-read-{k}") for k in range(max(1, threads))]
         self._open: dict[int, tuple[ExitStack, dict[str, rasterio.DatasetReader]]] = {}  # thread -> its handles
 
@@ -169,7 +174,7 @@ class SceneReader:
         """:func:`read_tile` of each of ``windows`` (all one shape), stacked: (B, 3, h, w) uint8, (B, h, w) bool."""
         assert len({w.shape for w in windows}) <= 1, "a batch of windows has one shape"
         h, w = windows[0].shape if windows else (0, 0)
-        rgb = np.empty((len(windows), 3, h, w), dtype=np.uint8)
+        rgb = self._empty((len(windows), 3, h, w))
         valid = np.empty((len(windows), h, w), dtype=bool)
         band = math.ceil(self.scene.grid.width / len(self._threads))  # columns of each thread
         by_thread: dict[int, list[int]] = defaultdict(list)

@@ -98,7 +98,8 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     except OSError as err:
         raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
-    with SceneReader(task.scene, threads=IO_THREADS) as scene_reader, ThreadPoolExecutor(1, "rsrs-read") as reader:
+    scene_reader = SceneReader(task.scene, threads=IO_THREADS, empty=resident.host_batch)
+    with scene_reader, ThreadPoolExecutor(1, "rsrs-read") as reader:
         pending_read = reader.submit(_read_group, resident, scene_reader, groups[0]) if groups else None
         for g, group in enumerate(groups):
             assert pending_read is not None

@@ -132,6 +132,24 @@ def test_a_scene_readers_batches_equal_tiles_read_one_by_one(tmp_path, kwargs, t
     _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"nodata": 0}])
+def test_a_scene_reader_decodes_every_pixel_into_the_arrays_its_empty_gives(tmp_path, kwargs):
+    """A GPU worker's batches go into pinned memory it allocates: each pixel of that (dirty) array is overwritten."""
+    path = write_geotiff(tmp_path / "a.tif", shape=(100, 130), blocksize=32, **kwargs)
+    scene = scene_from_raster(str(path))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=48, overlap=8)]  # boundless at the right and bottom
+    given: list[np.ndarray] = []
+
+    def dirty_empty(shape):
+        given.append(np.full(shape, 77, dtype=np.uint8))
+        return given[-1]
+
+    with SceneReader(scene, threads=2, empty=dirty_empty) as reader:
+        rgb, valid = reader.read(windows)
+    assert len(given) == 1 and rgb is given[0]
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
+
+
 def test_resampled_bands_read_by_a_scene_reader_equal_tiles_read_one_by_one(tmp_path):
     b04, b03, b02 = write_band_files(tmp_path, shape=(64, 64), res=10.0)  # B03 is 32 x 32 at 20 m
     scene = scene_from_sources(

@@ -110,7 +110,8 @@ def test_tiles_from_a_compiled_worker_model_equal_eager_tiles(tmp_path, finisher
 
 @pytest.mark.gpu
 def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
-    """Two tasks' threads share one graphed model; copies overlap the other's batch, codes must not mix."""
+    """Two tasks' threads share one graphed model; copies overlap the other's batch, codes must not mix, whether a
+    batch was read into pinned memory (:meth:`ResidentModel.host_batch`) or not."""
     from concurrent.futures import ThreadPoolExecutor
     from itertools import pairwise
 
@@ -121,6 +122,11 @@ def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
     resident = resident_model(ModelRef("demo", device="cuda"))  # trained: its masks depend on the tiles
     model, text = resident.model, resident.text_features(queries)
     batches = [random_tiles(seed, batch=4 if seed % 3 else 3).numpy() for seed in range(12)]
+    for i in range(0, len(batches), 2):  # half of them from pinned memory, as a task reads them
+        pinned = resident.host_batch(batches[i].shape)
+        pinned[:] = batches[i]
+        assert torch.from_numpy(pinned).pin_memory().data_ptr() == pinned.ctypes.data  # pinned: copied up directly
+        batches[i] = pinned
     with torch.inference_mode():
         expected = [quantise(model.predict(torch.from_numpy(b).cuda(), text)).to(torch.uint8).cpu() for b in batches]
     with ThreadPoolExecutor(2) as pool:
