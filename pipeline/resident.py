@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from rsrs.pipeline.finisher import FinisherKind, finisher_kind, start_finisher
+from rsrs.pipeline.finisher import Finisher, FinisherKind, finisher_kind
 from rsrs.pipeline.mosaic import quantise
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class ResidentModel:
 
             accelerate(self.model, compile=spec.compile, fp8=spec.precision == "fp8")
         kind = finisher or finisher_kind(self.model.device.type)
-        self.finisher = start_finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        self.finisher = Finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
         self._lock = threading.Lock()  # tasks sharing the process set up texts and predictors once
         self._turn = threading.Lock()  # and run the model one batch at a time
         self._queries: tuple[str, ...] | None = None

@@ -120,8 +120,8 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
             rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
             for b, tile in enumerate(group):
                 inner = (slice(None), *tile.core_in_read.slices())
-                core = mark_nodata(codes[rows[b]][inner].copy(), valid[b][inner[1:]]) if has_data[b] else None
-                finishing.append(resident.finisher.submit(finish_tile, task, tile, core))
+                core = mark_nodata(codes[rows[b]][inner], valid[b][inner[1:]]) if has_data[b] else None  # in place
+                finishing.append(resident.finisher.submit(finish_tile, task, tile, codes=core))
     for done in finishing:
         polygons, seconds = done.result()
         result.polygons.append(polygons)

@@ -68,8 +68,7 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
         task = _task(tmp_path / kind, ModelRef("tiny", device="cpu"))
         resident = finisher_kind(kind, task.model)
         result = run_batch(task)
-        assert type(resident.finisher).__name__ == ("ProcessPoolExecutor" if kind == "processes" else
-                                                    "ThreadPoolExecutor")  # fmt: skip
+        assert resident.finisher.kind == kind
         assert result.computed + result.skipped == len(task.tiles) and result.computed > 0
         mosaic = zarr.open_array(task.store, path=f"{task.scene.id}/{VARIABLE}", mode="r")[:]
         polygons = sorted(

@@ -1,0 +1,71 @@
+"""What handing a batch's codes to a process finisher costs the GPU worker's own process: the pool's pipe against
+shared memory (:class:`rsrs.pipeline.finisher.Finisher`).
+
+The worker's process also reads tiles and launches the model, so every millisecond it spends pickling codes is taken
+from them. 16 tiles (a batch) of Q x 960² uint8 codes, for 1 and 5 queries, go to a 2-process finisher whose
+function only touches them; milliseconds of the worker's CPU (all its threads) and of wall time per batch, the
+median of ``--repeats`` (the first, which creates the shared blocks that later batches reuse, included).
+
+Run:  python -m benchmarks.finish_handoff [--repeats 7] [--name finish_handoff]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks._common import write_result
+from rsrs.pipeline.finisher import Finisher
+
+CORE, BATCH = 960, 16
+
+
+def touch(codes: np.ndarray) -> int:
+    """In a finisher process: read one code (the hand-off is what is measured)."""
+    return int(codes[0, 0, 0])
+
+
+def batch_ms(pool: Finisher, tiles: list[np.ndarray], repeats: int) -> dict:
+    """Median worker-CPU and wall milliseconds to hand ``tiles`` over and see them done."""
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        for done in [pool.submit(touch, codes=codes) for codes in tiles]:
+            done.result()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return {
+        "worker_cpu_ms": round(1000 * statistics.median(cpu), 1),
+        "wall_ms": round(1000 * statistics.median(wall), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--name", default="finish_handoff", help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    result: dict = {"device": "cpu", "cpu_count": os.cpu_count(), "core_px": CORE, "tiles_per_batch": BATCH}
+    for queries in (1, 5):
+        tiles = [rng.integers(0, 255, (queries, CORE, CORE), dtype=np.uint8) for _ in range(BATCH)]
+        result[f"{queries}q"] = {}
+        for way, shared in (("pipe", False), ("shared_memory", True)):
+            pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 4), shared=shared)  # 2 processes
+            try:
+                result[f"{queries}q"][way] = batch_ms(pool, tiles, args.repeats)
+            finally:
+                pool.shutdown()
+        times = result[f"{queries}q"]
+        result[f"ratio_worker_cpu_pipe_vs_shared_{queries}q"] = round(
+            times["pipe"]["worker_cpu_ms"] / times["shared_memory"]["worker_cpu_ms"], 2
+        )
+    write_result(args.name, result)
+
+
+if __name__ == "__main__":
+    main()

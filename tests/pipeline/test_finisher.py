@@ -1,0 +1,44 @@
+import mmap
+import os
+
+import numpy as np
+
+from rsrs.pipeline import finisher
+from rsrs.pipeline.finisher import Finisher
+
+
+def _sum_and_shared(scale: int, codes: np.ndarray) -> tuple[int, bool]:
+    """In a finisher: what it saw of the codes, and whether it read them in a shared block (not unpickled)."""
+    return int(codes.sum()) * scale, isinstance(codes.base, mmap.mmap)
+
+
+def _shared_blocks() -> set[str]:
+    """Python's shared memory blocks (the pool's semaphores live there too)."""
+    return {name for name in os.listdir(finisher.SHARED_MEMORY) if name.startswith("psm_")}
+
+
+def _codes(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (5, 40, 30), dtype=np.uint8)
+
+
+def test_a_process_finisher_reads_codes_in_place_from_shared_memory_reuses_and_frees_every_block():
+    before = _shared_blocks()
+    pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 2))  # one process is enough here
+    try:
+        views = [_codes(seed)[:, 5:35, 2:28] for seed in range(6)]  # a tile's core: a view into the batch
+        got = [pool.submit(_sum_and_shared, 2, codes=v).result() for v in views]  # one tile after the other
+        assert len(_shared_blocks() - before) == 1  # each tile reused the block the one before it was done with
+    finally:
+        pool.shutdown()
+    assert got == [(2 * int(v.sum()), True) for v in views]  # read in place, not unpickled
+    assert _shared_blocks() == before  # the pool's blocks are freed with it
+
+
+def test_without_room_in_shared_memory_a_process_finisher_sends_codes_through_its_pipe(monkeypatch):
+    monkeypatch.setattr(finisher, "SHARED_MEMORY", "/no/such/shared/memory")
+    pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 2))
+    try:
+        codes = _codes(0)
+        assert pool.submit(_sum_and_shared, 1, codes=codes).result() == (int(codes.sum()), False)
+    finally:
+        pool.shutdown()
