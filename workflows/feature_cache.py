@@ -5,9 +5,9 @@ When neither image encoder trains, each training image's features (SAM's embeddi
 leaves a step only the text encoder, prompter and mask decoder: for the ``demo`` model on CPU that is about 15x
 less work per sample. The cache holds one float32 ``.npy`` array per tensor of the model's image features (exactly
 what the encoders return; float16 would flush tiny activations to zero), one row per distinct image, in
-OUT_DIR/image_features/, opened memory-mapped. It is written under a temporary name and renamed, and reused (by
-``--resume`` or a rerun) only when its fingerprint still matches: the image encoders' weights, the image size and
-the list of images.
+OUT_DIR/image_features/, opened memory-mapped. Its metadata (``meta.json``) is removed first and written last, in
+one rename, so a cache interrupted while written has none and is computed again; it is reused (by ``--resume`` or a
+rerun) only when its fingerprint still matches: the image encoders' weights, the image size and the list of images.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rsrs.core.files import output_error, write_text_atomic
 from rsrs.model.outputs import ImageFeatures
 from rsrs.model.segmenter import PairwiseSegmenter
 from rsrs.pipeline.datasets.base import ReferringDataset, read_rgb
@@ -124,13 +124,15 @@ def _write(
     progress: bool,
 ) -> dict:
     """Encode ``images`` into a new cache at ``folder`` (replacing any old one); returns its metadata."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     was_training = model.training
     model.eval()
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {}
+    try:
+        (folder / "meta.json").unlink(missing_ok=True)  # no valid cache here until the new metadata is written
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(folder, err) from None
     try:
         with tqdm(total=len(images), desc="cache image features", unit="image", disable=not progress) as bar:
             for start in range(0, len(images), batch_size):
@@ -141,7 +143,8 @@ def _write(
                 values = {f.name: getattr(feats, f.name) for f in dataclasses.fields(feats)}
                 tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}  # each B x ...
                 if not arrays:  # shapes are known after the first batch
-                    arrays = {k: _open_array(tmp / f"{k}.npy", (len(images), *v.shape[1:])) for k, v in tensors.items()}
+                    shapes = {k: (len(images), *v.shape[1:]) for k, v in tensors.items()}  # N x ...
+                    arrays = {k: _open_array(folder / f"{k}.npy", shape) for k, shape in shapes.items()}
                     kind = type(feats)
                     meta = {
                         "kind": f"{kind.__module__}:{kind.__qualname__}",
@@ -153,16 +156,17 @@ def _write(
                 bar.update(len(chunk))
         for array in arrays.values():
             array.flush()
-        arrays.clear()
-        meta.update(fingerprint=fingerprint, images=len(images))
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
     finally:
+        arrays.clear()
         model.train(was_training)
-        shutil.rmtree(tmp, ignore_errors=True)
+    meta.update(fingerprint=fingerprint, images=len(images))
+    write_text_atomic(folder / "meta.json", json.dumps(meta))
     return meta
 
 
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    """A new float32 ``.npy`` file of ``shape``, memory-mapped for writing."""
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    except OSError as err:
+        raise output_error(path, err) from None

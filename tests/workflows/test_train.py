@@ -260,6 +260,25 @@ def test_cached_features_are_what_the_image_encoders_compute_and_follow_their_we
     assert not np.array_equal(rebuilt.arrays["sam"][0], cached.sam[0].numpy())
 
 
+def test_a_cache_whose_writing_failed_says_where_in_one_line_and_is_computed_again(tmp_path, chips):
+    from rsrs.core.errors import OutputError
+
+    model = load_model("tiny", device="cpu", dtype="float32")
+    reader = open_dataset("manifest", chips, "train")
+    image_feature_cache(model, reader, size=64, out_dir=tmp_path, batch_size=4, progress=False)  # an older cache
+    in_the_way = tmp_path / "image_features" / "sam.npy"
+    in_the_way.unlink()
+    in_the_way.mkdir()  # where the new cache's SAM features go
+    with pytest.raises(OutputError, match=r"cannot write .*image_features/sam.npy: Is a directory"):
+        image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=2, progress=False)
+    assert not (tmp_path / "image_features" / "meta.json").exists()  # neither the old cache nor half of the new
+    in_the_way.rmdir()
+    again = image_feature_cache(model, reader, size=96, out_dir=tmp_path, batch_size=2, progress=False)
+    fresh = image_feature_cache(model, reader, size=96, out_dir=tmp_path / "fresh", batch_size=2, progress=False)
+    for name in fresh.arrays:
+        np.testing.assert_array_equal(again.arrays[name], fresh.arrays[name])
+
+
 def test_training_on_cached_features_follows_training_on_images(tmp_path, chips):
     runs = {}
     for cached in (False, True):
