@@ -13,7 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "accelerate": "rsrs.model.acceleration",
     "save_checkpoint": "rsrs.model.checkpoint",
-    "AnyModelConfig": "rsrs.model.spec",
+    "AnyModelConfig": "rsrs.model.architectures",
     "RSRefSegConfig": "rsrs.model.rsrefseg.config",
     "RSRefSeg2Config": "rsrs.model.rsrefseg2.config",
     "ImageFeatures": "rsrs.model.outputs",

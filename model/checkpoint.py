@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from rsrs.model.spec import AnyModelConfig
+    from rsrs.model.architectures import AnyModelConfig
 
 CONFIG_KEY = "rsrs_model_config"
 FORMAT_KEY = "rsrs_checkpoint_format"

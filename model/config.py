@@ -19,10 +19,7 @@ from rsrs.core.errors import ConfigError
 from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
 
 if TYPE_CHECKING:
-    from rsrs.model.rsrefseg.config import RSRefSegConfig
-    from rsrs.model.rsrefseg2.config import RSRefSeg2Config
-
-    AnyModelConfig = RSRefSegConfig | RSRefSeg2Config
+    from rsrs.model.architectures import AnyModelConfig
 
 TrainableMode = Literal["lora", "all", "all_but_image_encoders"]
 
@@ -58,10 +55,9 @@ def get_model_config(name: str) -> AnyModelConfig:
 def parse_model_config(data: dict[str, Any], *, source: str) -> AnyModelConfig:
     """Validate a config mapping against the schema its ``architecture`` names (default 'rsrefseg'); errors name
     the source and the key in one line."""
-    from rsrs.model.rsrefseg.config import RSRefSegConfig  # the schemas build on this module: imported on use
-    from rsrs.model.rsrefseg2.config import RSRefSeg2Config
+    from rsrs.model.architectures import architecture  # the schemas build on this module: imported on use
 
-    schema: type[StrictModel] = RSRefSeg2Config if data.get("architecture") == "rsrefseg2" else RSRefSegConfig
+    schema = architecture(str(data.get("architecture", "rsrefseg")), source=f"model config {source}").config
     return validate(schema, data, source=f"model config {source}")
 
 

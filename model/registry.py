@@ -14,19 +14,14 @@ from pathlib import Path
 import torch
 
 from rsrs.core.errors import ConfigError
+from rsrs.model.architectures import AnyModelConfig, architecture
 from rsrs.model.checkpoint import apply_checkpoint
 from rsrs.model.config import presets_dir
 from rsrs.model.lora import mark_trainable
-from rsrs.model.rsrefseg.build import build_rsrefseg
-from rsrs.model.rsrefseg.model import RSRefSeg
-from rsrs.model.rsrefseg2.build import build_rsrefseg2
 from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
-from rsrs.model.rsrefseg2.model import RSRefSeg2
 from rsrs.model.rsrefseg2.official import load_official_checkpoint
-from rsrs.model.spec import AnyModelConfig, resolve_model_spec
-
-#: architecture -> its builder (each architecture is one folder under model/ and one line here)
-BUILDERS = {"rsrefseg": build_rsrefseg, "rsrefseg2": build_rsrefseg2}
+from rsrs.model.segmenter import PairwiseSegmenter
+from rsrs.model.spec import resolve_model_spec
 
 
 def _shipped_checkpoint(config: AnyModelConfig) -> Path | None:
@@ -48,7 +43,7 @@ def build_model(
     device: str | torch.device = "cpu",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg | RSRefSeg2:
+) -> PairwiseSegmenter:
     """Construct the model a config describes (its ``architecture``), with LoRA and the trainable set applied (no
     checkpoint tensors).
 
@@ -57,7 +52,7 @@ def build_model(
     """
     device = torch.device(device)
     with _seeded(config.init_seed, device), torch.device(device):
-        model = BUILDERS[config.architecture](config, pretrained=pretrained, weights_root=weights_dir)
+        model = architecture(config.architecture).builder()(config, pretrained=pretrained, weights_root=weights_dir)
     mark_trainable(model, mode=config.trainable)
     return model.to(device)
 
@@ -79,7 +74,7 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     pretrained: bool = True,
     weights_dir: str | Path | None = None,
-) -> RSRefSeg | RSRefSeg2:
+) -> PairwiseSegmenter:
     """A ready-to-use model in eval mode: preset name, model config path, or checkpoint path.
 
     ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU.

@@ -33,6 +33,10 @@ class PairwiseSegmenter(nn.Module):
         """Masks of P pairs: image_index, text_index P (long) -> logits P x H x W, activation P x ..."""
         raise NotImplementedError
 
+    def mask_backbone_size(self) -> tuple[str, int, int]:
+        """(kind, width, depth) of the backbone that draws the masks, as `rsrs models` lists it."""
+        raise NotImplementedError
+
     def decode(self, images: ImageFeatures, texts: TextFeatures, *, max_pairs: int = 64) -> MaskOutput:
         """Masks for every (image, query) combination, decoded in chunks of at most ``max_pairs`` pairs.
 

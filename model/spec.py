@@ -11,19 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rsrs.core.errors import ConfigError, WeightsNotFoundError
+from rsrs.model.architectures import AnyModelConfig
 from rsrs.model.checkpoint import read_checkpoint_config
 from rsrs.model.config import get_model_config, load_model_config
-from rsrs.model.rsrefseg.config import RSRefSegConfig
-from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES, RSRefSeg2Config
+from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 from rsrs.model.tokenizer import build_tokenizer
 from rsrs.model.tokenizer import check_query_lengths as check_lengths
-
-AnyModelConfig = RSRefSegConfig | RSRefSeg2Config
 
 
 def resolve_model_spec(spec: str | Path | AnyModelConfig) -> tuple[AnyModelConfig, Path | None]:
     """(config, checkpoint path or None) for a preset name, a config YAML, a checkpoint or a config object."""
-    if isinstance(spec, RSRefSegConfig | RSRefSeg2Config):
+    if isinstance(spec, AnyModelConfig):
         return spec, None
     path = Path(spec).expanduser()
     if path.suffix in OFFICIAL_SUFFIXES:  # a released RSRefSeg 2 file (KyanChen/RSRefSeg2: rrsisd.pth, ...)

@@ -39,16 +39,6 @@ def _backbone(kind: str, width: int, depth: int, pretrained: str | None) -> str:
     return f"{kind} {width}x{depth}" + (f" ({pretrained})" if pretrained else "")
 
 
-def _mask_backbone(model: object) -> str:
-    """SAM ViT (RSRefSeg) or SAM 2 Hiera (RSRefSeg 2): width x depth and where its weights come from."""
-    cfg = model.config
-    if cfg.architecture == "rsrefseg2":
-        hiera = model.sam2.config.vision_config.backbone_config
-        return _backbone("SAM 2 Hiera", hiera.hidden_size, sum(hiera.blocks_per_stage), cfg.sam2.pretrained)
-    vision = model.sam.config.vision_config
-    return _backbone("SAM ViT", vision.hidden_size, vision.num_hidden_layers, cfg.sam.pretrained)
-
-
 def measure_preset(name: str) -> dict:
     """Build ``name`` on the meta device: its backbones, input sizes and parameter counts."""
     from rsrs.model import load_model
@@ -58,7 +48,7 @@ def measure_preset(name: str) -> dict:
     siglip = model.siglip.config.vision_config
     return {
         "image_text": _backbone("SigLIP", siglip.hidden_size, siglip.num_hidden_layers, cfg.siglip.pretrained),
-        "masks": _mask_backbone(model),
+        "masks": _backbone(*model.mask_backbone_size(), cfg.mask_backbone.pretrained),
         "image_text_input": model.siglip_image_size,
         "mask_input": model.sam_image_size,
         "total_params": sum(p.numel() for p in model.parameters()),
@@ -81,8 +71,7 @@ def summarize_preset(name: str, *, measure: bool = False) -> PresetSummary:
         weights = f"trained by rsrs; weights ship with rsrs ({mb:.1f} MB)"
     else:
         mb = sizes["trainable_params"] * 4 / 1e6
-        masks = config.sam2 if config.architecture == "rsrefseg2" else config.sam
-        pretrained = config.siglip.pretrained or masks.pretrained
+        pretrained = config.siglip.pretrained or config.mask_backbone.pretrained
         weights = "pretrained backbones (hub ids below)" if pretrained else "random init"
     return PresetSummary(name=name, description=config.description, weights=weights, checkpoint_mb=round(mb, 1),
                          **sizes)  # fmt: skip

@@ -74,3 +74,8 @@ class RSRefSegConfig(StrictModel):
         None,
         description="trained weights applied after building (a preset's shipped file, relative to configs/)",
     )
+
+    @property
+    def mask_backbone(self) -> SamSpec:
+        """The backbone that draws the masks (SAM)."""
+        return self.sam

@@ -74,6 +74,11 @@ class RSRefSeg(PairwiseSegmenter):
         patches = self.siglip_image_size // siglip.config.vision_config.patch_size
         self.siglip_grid = (patches, patches)
 
+    def mask_backbone_size(self) -> tuple[str, int, int]:
+        """(kind, width, depth) of the mask backbone, as `rsrs models` lists it."""
+        vision = self.sam.config.vision_config
+        return "SAM ViT", vision.hidden_size, vision.num_hidden_layers
+
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""

@@ -105,3 +105,8 @@ class RSRefSeg2Config(StrictModel):
     )
     init_seed: int = Field(0, description="seed for random-init weights, so a rebuilt base equals the trained one")
     checkpoint: str | None = Field(None, description="trained weights applied after building (relative to configs/)")
+
+    @property
+    def mask_backbone(self) -> Sam2Spec:
+        """The backbone that draws the masks (SAM 2.1)."""
+        return self.sam2

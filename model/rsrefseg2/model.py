@@ -130,6 +130,11 @@ class RSRefSeg2(PairwiseSegmenter):
         self.siglip_grid = (patches, patches)
         self.text_positions = siglip.config.text_config.max_position_embeddings
 
+    def mask_backbone_size(self) -> tuple[str, int, int]:
+        """(kind, width, depth) of the mask backbone, as `rsrs models` lists it."""
+        hiera = self.sam2.config.vision_config.backbone_config
+        return "SAM 2 Hiera", hiera.hidden_size, sum(hiera.blocks_per_stage)
+
     @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
