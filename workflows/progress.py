@@ -57,7 +57,7 @@ def failure_lines(report: Mapping) -> list[str]:
     """One line per scene or input that failed."""
     lines = []
     for s in report["scenes"]:
-        if s["status"] != SceneStatus.FAILED.value:
+        if s["status"] != SceneStatus.FAILED:
             continue
         what = f"scene {s['id']}" if s["id"] else f"input {s['source']}"
         partial = f" (masks.zarr/{s['id']} is partial: tiles written before the failure)" if s["partial_mosaic"] else ""

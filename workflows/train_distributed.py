@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rsrs.model.registry import resolve_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -81,7 +83,7 @@ def init_distributed(device: str) -> Distributed:
 
     ``device``: the config's ``auto`` | ``cpu`` | ``cuda``.
     """
-    kind = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    kind = resolve_device(device).type  # 'cuda' without a GPU: one line
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     rank = 0

@@ -195,6 +195,12 @@ def _gradients(model, chips: Path, rows: slice) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where none is visible")
+def test_training_on_cuda_without_a_gpu_is_one_line():
+    with pytest.raises(ConfigError, match=r"^device 'cuda' was asked for but no CUDA GPU is visible; use device"):
+        init_distributed("cuda")
+
+
 def _ddp_rank(rank: int, chips: Path, out: Path, port: int) -> None:
     """One of two gloo ranks: rsrs's own set-up and DDP wrapper, half of an 8-sample batch each."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0")
