@@ -1,5 +1,8 @@
 import mmap
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -42,3 +45,35 @@ def test_without_room_in_shared_memory_a_process_finisher_sends_codes_through_it
         assert pool.submit(_sum_and_shared, 1, codes=codes).result() == (int(codes.sum()), False)
     finally:
         pool.shutdown()
+
+
+WORKER = """
+import sys, time
+import numpy as np
+from rsrs.pipeline.finisher import Finisher
+from tests.pipeline.test_finisher import _shared_blocks, _sleep_on
+
+before = _shared_blocks()
+pool = Finisher("processes", gpus=64)  # one process
+for _ in range(3):
+    pool.submit(_sleep_on, 60, codes=np.ones((5, 40, 30), np.uint8))
+print(",".join(sorted(_shared_blocks() - before)), flush=True)
+time.sleep(60)
+"""
+
+
+def _sleep_on(seconds: float, codes: np.ndarray) -> None:
+    """A tile that takes long to finish."""
+    time.sleep(seconds)
+
+
+def test_a_killed_workers_shared_blocks_are_freed_and_its_finisher_processes_exit():
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True)
+    blocks = set(worker.stdout.readline().strip().split(","))
+    assert len(blocks) == 3 and blocks <= _shared_blocks()  # the tiles' codes, in shared memory
+    worker.kill()  # as an out-of-memory kill would
+    worker.wait()
+    deadline = time.monotonic() + 20
+    while blocks & _shared_blocks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not blocks & _shared_blocks()  # freed by the worker's resource tracker once its finisher exited
