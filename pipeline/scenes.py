@@ -31,10 +31,11 @@ from rsrs.pipeline.scaling import DEFAULT_SCALING, ScalingSpec, resolve_scaling
 #: GDAL settings for every open: no directory listing per remote file, and threads to decode the blocks of a read
 #: (GeoTIFF, GDAL >= 3.6) without the GIL. Those threads are one pool per process, as large as the largest
 #: GDAL_NUM_THREADS any read asked for, shared by every reading thread of a worker: so it is sized to the machine
-#: (with 4, a 16-core GPU worker read about 150 tiles/s however many tasks read: about what 4 threads decode). HTTP
-#: retries and timeouts come from :mod:`rsrs.pipeline.network`.
+#: (with 4, a 16-core GPU worker read about 150 tiles/s however many tasks read: about what 4 threads decode), unless
+#: the environment sets ``GDAL_NUM_THREADS`` (GDAL's own variable). HTTP retries and timeouts come from
+#: :mod:`rsrs.pipeline.network`.
 GDAL_ENV = {
-    "GDAL_NUM_THREADS": str(os.cpu_count() or 1),
+    "GDAL_NUM_THREADS": os.environ.get("GDAL_NUM_THREADS") or str(os.cpu_count() or 1),
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
 }
 

@@ -1,4 +1,7 @@
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -164,3 +167,14 @@ def test_cog_over_http_with_range_requests(tmp_path):
     assert remote.bands[0].href.startswith("/vsicurl/http://127.0.0.1")
     assert remote.id == "cog"
     assert (remote.grid, remote.scaling) == (local.grid, local.scaling)
+
+
+def test_gdal_decoding_threads_default_to_the_cores_unless_the_environment_sets_them():
+    """A user (or a benchmark sweep) limits GDAL's decoding pool with GDAL's own variable."""
+    show = "from rsrs.pipeline.scenes import GDAL_ENV; print(GDAL_ENV['GDAL_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_NUM_THREADS"}
+    default = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == str(os.cpu_count())
+    env["GDAL_NUM_THREADS"] = "3"
+    chosen = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "3"
