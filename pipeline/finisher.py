@@ -3,7 +3,7 @@
 On a GPU the finisher is a pool of processes: polygonising and Zarr writes hold the GIL, and in the model's
 process they would delay every kernel launch. A tile's codes reach a finisher process through a block of shared
 memory, reused from tile to tile, not pickled through the pool's pipe: handing over a batch of 16 tiles of 5 x 960²
-codes cost the worker's process 129 ms of CPU that way against 12 ms now (benchmarks/results/finish_handoff.json,
+codes cost the worker's process 131 ms of CPU that way against 14 ms now (benchmarks/results/finish_handoff.json,
 2-core CPU), time taken from its reads and launches. Where ``/dev/shm`` has too little room (a container's
 default is 64 MB), codes go through the pipe. Should the worker be killed, Python's resource tracker frees its blocks.
 
@@ -70,9 +70,20 @@ class Finisher:
         if block is None:
             return self._pool.submit(fn, *args, codes)
         np.ndarray(codes.shape, codes.dtype, buffer=block.buf)[...] = codes
-        future = self._pool.submit(_with_shared_codes, fn, args, block.name, codes.shape, codes.dtype.str)
-        future.add_done_callback(lambda _: self._give_back(block))  # also when the pool broke
-        return future
+        running = self._pool.submit(_with_shared_codes, fn, args, block.name, codes.shape, codes.dtype.str)
+        done: Future[T] = Future()
+
+        def finished(running: Future[T]) -> None:  # the block is free before the caller hears the tile is done
+            self._give_back(block)  # also when the pool broke
+            if running.cancelled():
+                done.cancel()
+            elif running.exception() is None:
+                done.set_result(running.result())
+            else:
+                done.set_exception(running.exception())
+
+        running.add_done_callback(finished)
+        return done
 
     def _block(self, nbytes: int) -> SharedMemory | None:
         """A shared block of ``nbytes``: a free one, else a new one, else None (no room in shared memory)."""
