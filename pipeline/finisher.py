@@ -13,6 +13,7 @@ On a CPU, or where this process may not have children (Dask's worker processes a
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -35,6 +36,8 @@ MAX_FREE_BYTES = 256 * 2**20
 FinisherKind = Literal["threads", "processes"]
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 def finisher_kind(device_type: str) -> FinisherKind:
     """Processes beside a GPU model when this process may start them, else threads."""
@@ -56,6 +59,7 @@ class Finisher:
         self.shared = shared and kind == "processes"  # codes cross in shared memory (else pickled through a pipe)
         self._lock = threading.Lock()
         self._free: dict[int, list[SharedMemory]] = {}  # by size in bytes: blocks no tile uses now
+        self._warned = False  # that shared memory had no room
         if kind == "threads":
             self._pool: ThreadPoolExecutor | ProcessPoolExecutor = ThreadPoolExecutor(IO_THREADS, "rsrs-finish")
             return
@@ -90,7 +94,14 @@ class Finisher:
         with self._lock:
             if self._free.get(nbytes):
                 return self._free[nbytes].pop()
-        return SharedMemory(create=True, size=nbytes) if nbytes and _room_for(nbytes) else None
+        if nbytes and _room_for(nbytes):
+            return SharedMemory(create=True, size=nbytes)
+        if not self._warned:  # said once: a container's small /dev/shm slows every tile's hand-over
+            self._warned = True
+            log.warning("%s has too little room for tiles' codes; finishing tiles gets them through a pipe, which "
+                        "costs this worker's CPU (in a container, give it more shared memory, e.g. --shm-size 1g)",
+                        SHARED_MEMORY)  # fmt: skip
+        return None
 
     def _give_back(self, block: SharedMemory) -> None:
         """Keep a block its tile is done with for the next tile, or free it when enough are kept."""

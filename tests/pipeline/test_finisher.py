@@ -37,14 +37,19 @@ def test_a_process_finisher_reads_codes_in_place_from_shared_memory_reuses_and_f
     assert _shared_blocks() == before  # the pool's blocks are freed with it
 
 
-def test_without_room_in_shared_memory_a_process_finisher_sends_codes_through_its_pipe(monkeypatch):
+def test_without_room_in_shared_memory_a_process_finisher_sends_codes_through_its_pipe_and_says_so_once(
+    monkeypatch, caplog
+):
     monkeypatch.setattr(finisher, "SHARED_MEMORY", "/no/such/shared/memory")
     pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 2))
     try:
-        codes = _codes(0)
-        assert pool.submit(_sum_and_shared, 1, codes=codes).result() == (int(codes.sum()), False)
+        for seed in range(3):
+            codes = _codes(seed)
+            assert pool.submit(_sum_and_shared, 1, codes=codes).result() == (int(codes.sum()), False)
     finally:
         pool.shutdown()
+    said = [r.getMessage() for r in caplog.records if r.name == "rsrs.pipeline.finisher"]
+    assert len(said) == 1 and said[0].startswith("/no/such/shared/memory has too little room for tiles' codes")
 
 
 WORKER = """
