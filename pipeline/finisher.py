@@ -13,6 +13,7 @@ On a CPU, or where this process may not have children (Dask's worker processes a
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -49,12 +50,15 @@ def finisher_kind(device_type: str) -> FinisherKind:
 class Finisher:
     """A started pool of ``kind`` that finishes tiles: ``submit(fn, *args, codes=codes)`` runs ``fn(*args, codes)``.
 
-    A process pool is warmed (all processes up, imports done) before the constructor returns. Its shared blocks are
+    A process pool is warmed (all processes up, ``preload``'s modules imported: what ``fn`` needs) before the
+    constructor returns, so the first tiles do not wait for imports. Its shared blocks are
     reused from tile to tile (up to :data:`MAX_FREE_BYTES` kept free): faulting in a fresh block's pages cost the
     worker 8x the copy into a used one.
     """
 
-    def __init__(self, kind: FinisherKind, *, gpus: int = 1, shared: bool = True) -> None:
+    def __init__(
+        self, kind: FinisherKind, *, gpus: int = 1, shared: bool = True, preload: tuple[str, ...] = ()
+    ) -> None:
         self.kind = kind
         self.shared = shared and kind == "processes"  # codes cross in shared memory (else pickled through a pipe)
         self._lock = threading.Lock()
@@ -65,7 +69,7 @@ class Finisher:
             return
         n = max(1, min(8, (os.cpu_count() or 2) // (2 * max(1, gpus))))
         self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_exit_with_parent, initargs=(os.getpid(),))  # fmt: skip
+                                         initializer=_start_process, initargs=(os.getpid(), preload))  # fmt: skip
         list(self._pool.map(_warm_finisher, [0.5] * n))  # start all n now (imports included), not in the first tiles
 
     def submit(self, fn: Callable[..., T], *args: object, codes: np.ndarray | None) -> Future[T]:
@@ -147,6 +151,13 @@ def _release(block: SharedMemory) -> None:
 def _warm_finisher(seconds: float) -> None:
     """A no-op task, long enough that each finisher process gets one (unpickling it imports this module)."""
     time.sleep(seconds)
+
+
+def _start_process(parent: int, preload: tuple[str, ...]) -> None:
+    """In a new finisher process: import ``preload`` and watch the worker that started it."""
+    for module in preload:
+        importlib.import_module(module)
+    _exit_with_parent(parent)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -64,7 +64,8 @@ class ResidentModel:
 
             accelerate(self.model, compile=spec.compile, fp8=spec.precision == "fp8")
         kind = finisher or finisher_kind(self.model.device.type)
-        self.finisher = Finisher(kind, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 1)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        self.finisher = Finisher(kind, gpus=gpus, preload=("rsrs.pipeline.tasks",))  # finish_tile's module
         self._lock = threading.Lock()  # tasks sharing the process set up texts and predictors once
         self._turn = threading.Lock()  # and run the model one batch at a time
         self._queries: tuple[str, ...] | None = None

@@ -197,6 +197,7 @@ class ResidentModelPlugin(WorkerPlugin):
         if self.warm_up is not None:
             batch, tile = self.warm_up
             resident.warm_up(self.query_texts, batch=batch, tile=tile)
+        importlib.import_module("rsrs.workflows.run_workers")  # the tasks' code (Zarr, GeoPandas), not in task one
 
 
 def load_models(

@@ -5,6 +5,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from rsrs.pipeline import finisher
 from rsrs.pipeline.finisher import Finisher
@@ -13,6 +14,11 @@ from rsrs.pipeline.finisher import Finisher
 def _sum_and_shared(scale: int, codes: np.ndarray) -> tuple[int, bool]:
     """In a finisher: what it saw of the codes, and whether it read them in a shared block (not unpickled)."""
     return int(codes.sum()) * scale, isinstance(codes.base, mmap.mmap)
+
+
+def _imported(module: str, codes: np.ndarray | None) -> bool:
+    """In a finisher process: whether ``module`` was imported before this tile."""
+    return module in sys.modules
 
 
 def _shared_blocks() -> set[str]:
@@ -82,3 +88,12 @@ def test_a_killed_workers_shared_blocks_are_freed_and_its_finisher_processes_exi
     while blocks & _shared_blocks() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not blocks & _shared_blocks()  # freed by the worker's resource tracker once its finisher exited
+
+
+@pytest.mark.parametrize("preload", [(), ("rsrs.pipeline.tasks",)])
+def test_a_process_finisher_imports_what_its_tiles_need_as_it_starts(preload):
+    pool = Finisher("processes", gpus=64, preload=preload)  # one process
+    try:
+        assert pool.submit(_imported, "rsrs.pipeline.tasks", codes=None).result() == bool(preload)
+    finally:
+        pool.shutdown()

@@ -1,6 +1,8 @@
 """The cluster helpers of `rsrs run`: bounded submission and the model resident per worker."""
 
 import multiprocessing
+import subprocess
+import sys
 
 import pytest
 from distributed import Client, Event, LocalCluster
@@ -55,6 +57,24 @@ def test_model_is_loaded_once_and_reused_by_every_task(client):
     ids = {r for _, r in bounded_map(client, _model_identity, ((i, i) for i in range(6)), max_in_flight=4)}
     assert ids == {preloaded}
     assert not uses_gpus(client)
+
+
+SET_UP_A_WORKER = """
+import sys
+from rsrs.pipeline.resident import ModelRef
+from rsrs.workflows.cluster import ResidentModelPlugin
+
+assert "geopandas" not in sys.modules
+ResidentModelPlugin(ModelRef(source="tiny", device="cpu"), ("ponds",), torch_threads=None).setup(worker=None)
+print(all(m in sys.modules for m in ("rsrs.workflows.run_workers", "geopandas", "zarr")))
+"""
+
+
+def test_a_worker_set_up_for_a_job_has_imported_its_tasks_code_before_the_first_task():
+    """The first task of a run does not wait for GeoPandas, Zarr and the task module to import."""
+    out = subprocess.run([sys.executable, "-c", SET_UP_A_WORKER], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
 
 
 def _meet(mine: str, others: list[str]) -> bool:
