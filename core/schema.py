@@ -5,6 +5,8 @@ validation failure becomes a single line: what key, in which file, and the neare
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from rsrs.core.errors import ConfigError
 
@@ -23,6 +25,18 @@ class StrictModel(BaseModel):
     """Base of every config section: an unknown key is an error (pydantic ``extra="forbid"``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^/vsi", re.IGNORECASE)
+
+
+def resolve_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A field validator: a relative path made absolute against the folder of the file being validated (the
+    validation context's ``base_dir``, as :func:`validate` passes it); URLs and absolute paths stay as they are."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None or _URL.match(value) or Path(value).is_absolute():
+        return value
+    return os.path.normpath(Path(base) / value)
 
 
 def load_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:

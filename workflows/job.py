@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from rsrs.core.errors import ConfigError
-from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
+from rsrs.core.schema import StrictModel, load_yaml_mapping, resolve_path, validate
 
 if TYPE_CHECKING:  # the job schema loads without numpy, GDAL or pyproj: its errors answer at once
     from rsrs.pipeline.network import HttpOptions
@@ -25,21 +24,11 @@ if TYPE_CHECKING:  # the job schema loads without numpy, GDAL or pyproj: its err
 #: The model used when a job names none.
 DEFAULT_PRESET = "rsrefseg-b"
 
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^/vsi", re.IGNORECASE)
-
 
 class _Strict(StrictModel):
     """Base of every job section: unknown keys are errors, and a validated job does not change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(value: str | None, info: ValidationInfo) -> str | None:
-    """``value`` made absolute against the job file's folder, unless it is a URL or already absolute."""
-    base = (info.context or {}).get("base_dir")
-    if value is None or base is None or _URL.match(value) or Path(value).is_absolute():
-        return value
-    return os.path.normpath(Path(base) / value)
 
 
 BandList = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)]
@@ -103,7 +92,7 @@ class StacSource(_Strict):
     assets: Annotated[list[str], Field(min_length=1, max_length=3)] | None = None
     bands: BandList | None = None
 
-    resolve_paths = field_validator("catalog")(_resolve)
+    resolve_paths = field_validator("catalog")(resolve_path)
     check_band_count = field_validator("bands")(_check_band_count)
 
     @field_validator("datetime", mode="before")
@@ -140,7 +129,7 @@ class InputSpec(_Strict):
     bands: BandList | None = None
     scaling: Scaling = Scaling()
 
-    resolve_paths = field_validator("geotiff")(_resolve)
+    resolve_paths = field_validator("geotiff")(resolve_path)
     check_band_count = field_validator("bands")(_check_band_count)
 
     @model_validator(mode="after")
@@ -178,7 +167,7 @@ class Query(_Strict):
     text: Annotated[str, Field(min_length=1)]
     truth: str | None = None
 
-    resolve_paths = field_validator("truth")(_resolve)
+    resolve_paths = field_validator("truth")(resolve_path)
 
     @field_validator("text")
     @classmethod
@@ -210,7 +199,7 @@ class ModelSpec(_Strict):
     # fp8: the image encoders' linear layers in float8 (H100/H200 only; the masks change slightly)
     precision: Literal["auto", "fp8"] = "auto"
 
-    resolve_paths = field_validator("config", "checkpoint")(_resolve)
+    resolve_paths = field_validator("config", "checkpoint")(resolve_path)
 
     @model_validator(mode="before")
     @classmethod
@@ -264,7 +253,7 @@ class Output(_Strict):
     overlay: bool = False  # write overlays/<scene_id>.png: the scene, each query's mask and polygons, a legend
     cog: bool = False  # write cogs/<scene_id>/<query_id>.tif: Cloud-Optimized GeoTIFFs of the probabilities
 
-    resolve_paths = field_validator("dir")(_resolve)
+    resolve_paths = field_validator("dir")(resolve_path)
 
     @field_validator("vector_crs")
     @classmethod

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rsrs.core.errors import ConfigError
-from rsrs.core.schema import StrictModel, load_yaml_mapping, validate
+from rsrs.core.schema import StrictModel, load_yaml_mapping, resolve_path, validate
 from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 
 
@@ -25,6 +25,7 @@ class TrainModel(StrictModel):
         description="override the model's trained set: 'all' for models without pretrained backbones; "
         "'all_but_image_encoders' to fine-tune text, prompter and mask decoder on fixed image features",
     )
+    resolve_paths = field_validator("config", "init_checkpoint")(resolve_path)
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainModel:
@@ -54,6 +55,7 @@ class TrainData(StrictModel):
         description="compute each training image's features once (needs model.trainable: all_but_image_encoders "
         "or another set that freezes both image encoders); steps then skip the image encoders",
     )
+    resolve_paths = field_validator("path")(resolve_path)
 
 
 class Optim(StrictModel):
@@ -84,11 +86,12 @@ class TrainConfig(StrictModel):
     loss: Loss = Field(default_factory=Loss)
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    out_dir: str = "runs/train"
+    out_dir: str = Field("runs/train", validate_default=True)  # relative: to the config file's folder
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints (and resume points)")
     val_every: int = Field(500, gt=0, description="steps between validations")
     log_every: int = Field(10, gt=0)
     seed: int = 0
+    resolve_paths = field_validator("out_dir")(resolve_path)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -96,12 +99,9 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"training config {path} does not exist; see configs/train/ for examples")
-    config = validate(TrainConfig, load_yaml_mapping(path, what="training config"), source=f"training config {path}")
-    base = path.parent
-    config.data.path = str((base / config.data.path).resolve())
-    config.out_dir = str((base / config.out_dir).resolve())
-    if config.model.config:
-        config.model.config = str((base / config.model.config).resolve())
-    if config.model.init_checkpoint:
-        config.model.init_checkpoint = str((base / config.model.init_checkpoint).resolve())
-    return config
+    return validate(
+        TrainConfig,
+        load_yaml_mapping(path, what="training config"),
+        source=f"training config {path}",
+        context={"base_dir": path.resolve().parent},
+    )

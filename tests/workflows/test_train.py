@@ -84,6 +84,19 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, chips):
     assert resumed_losses == whole_losses
 
 
+def test_relative_paths_in_a_training_config_resolve_against_its_folder(tmp_path, chips):
+    folder = tmp_path / "configs"
+    relative = {"data.path": f"../chips/{chips.name}", "model.init_checkpoint": "w/best.safetensors"}
+    path = _config(folder, chips, **relative)
+    text = yaml.safe_load(path.read_text())
+    del text["out_dir"]  # the default, runs/train, is relative too
+    path.write_text(yaml.safe_dump(text))
+    config = load_train_config(path)
+    assert config.data.path == str(tmp_path / "chips" / chips.name)
+    assert config.model.init_checkpoint == str(folder / "w" / "best.safetensors")
+    assert config.out_dir == str(folder / "runs" / "train")
+
+
 def test_checkpoints_are_loadable_models_and_best_follows_giou(tmp_path, chips):
     config = load_train_config(_config(tmp_path, chips))
     summary = train(config, show_progress=False)
