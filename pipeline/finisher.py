@@ -51,9 +51,9 @@ class Finisher:
     """A started pool of ``kind`` that finishes tiles: ``submit(fn, *args, codes=codes)`` runs ``fn(*args, codes)``.
 
     A process pool is warmed (all processes up, ``preload``'s modules imported: what ``fn`` needs) before the
-    constructor returns, so the first tiles do not wait for imports. Its shared blocks are
-    reused from tile to tile (up to :data:`MAX_FREE_BYTES` kept free): faulting in a fresh block's pages cost the
-    worker 8x the copy into a used one.
+    constructor returns, so the first tiles do not wait for imports. Its shared blocks are reused from tile to tile
+    (up to :data:`MAX_FREE_BYTES` kept free): faulting in a fresh block's pages cost the worker 8x the copy into a
+    used one.
     """
 
     def __init__(
@@ -94,11 +94,13 @@ class Finisher:
         return done
 
     def _block(self, nbytes: int) -> SharedMemory | None:
-        """A shared block of ``nbytes``: a free one, else a new one, else None (no room in shared memory)."""
+        """A shared block of ``nbytes``: a free one, else a new one, else None (nothing to share, or no room)."""
+        if not nbytes:
+            return None
         with self._lock:
             if self._free.get(nbytes):
                 return self._free[nbytes].pop()
-        if nbytes and _room_for(nbytes):
+        if _room_for(nbytes):
             return SharedMemory(create=True, size=nbytes)
         if not self._warned:  # said once: a container's small /dev/shm slows every tile's hand-over
             self._warned = True
