@@ -52,7 +52,7 @@ def summarise(events: list[Event]) -> dict:
     tasks = sorted((e for e in events if e[0] == "task"), key=lambda e: e[2])
     begin, end = tasks[0][2], max(t[3] for t in tasks)
     holds = sorted((e for e in events if e[0] == "model" and e[2] >= begin), key=lambda e: e[2])
-    reads = [e[3] - e[2] for e in events if e[0] == "read"]
+    reads = sorted((e for e in events if e[0] == "read" and e[2] >= begin), key=lambda e: e[2])
     gaps = [b[2] - a[3] for a, b in pairwise(holds) if b[2] > a[3]]
     return {
         "tasks": len(tasks),
@@ -62,8 +62,10 @@ def summarise(events: list[Event]) -> dict:
         "tail_s": round(end - holds[-1][3], 3),
         "lock_held_s": round(sum(e[3] - e[2] for e in holds), 3),
         "gaps_between_holds_s": round(sum(gaps), 3),
-        "read_s_mean": round(sum(reads) / len(reads), 4),
-        "read_s_max": round(max(reads), 4),
+        "first_read_start_s": round(reads[0][2] - begin, 3),
+        "first_read_s": round(reads[0][3] - reads[0][2], 3),
+        "read_s_mean": round(sum(e[3] - e[2] for e in reads) / len(reads), 4),
+        "read_s_max": round(max(e[3] - e[2] for e in reads), 4),
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
     }
 

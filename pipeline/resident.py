@@ -49,6 +49,33 @@ class Recorder(Protocol):
     def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
 
 
+class QueuedCodes:
+    """A batch's codes, which on a GPU may still be on their way: :meth:`result` waits for them."""
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        *,
+        seconds: float | tuple[torch.cuda.Event, torch.cuda.Event],
+        copied: torch.cuda.Event | None = None,
+        keep: tuple[object, ...] = (),
+    ) -> None:
+        self._codes = codes  # B x Q x T x T uint8, valid once ``copied`` has happened
+        self._seconds = seconds  # the model's time, or the CUDA events around its batch
+        self._copied = copied
+        self._keep = keep  # host memory the queued copies read or write, alive until they have run
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """The codes (B x Q x T x T uint8) and the seconds the model ran on them, once they are on the host."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._keep = ()
+        if isinstance(self._seconds, tuple):
+            began, ended = self._seconds
+            return self._codes, began.elapsed_time(ended) / 1000
+        return self._codes, self._seconds
+
+
 class ResidentModel:
     """One process's loaded model, with what tasks of the current job reuse. Build with :func:`resident_model`."""
 
@@ -104,13 +131,12 @@ class ResidentModel:
             return self._predictors[batch]
 
     def warm_up(self, query_texts: Sequence[str], *, batch: int, tile: int) -> None:
-        """On a GPU, run the job's batch shape once (graph capture, allocator), so its set-up is not paid in tiles."""
+        """On a GPU, run the job's batch shape once the way tasks do (graph capture, device and pinned host memory),
+        so its set-up is not paid in tiles."""
         if self.device.type == "cuda":
-            import torch
-
-            predict = self.predictor(query_texts, batch)
-            with self._turn:
-                predict(torch.zeros(batch, 3, tile, tile, dtype=torch.uint8, device=self.device))
+            tiles = self.host_batch((batch, 3, tile, tile))
+            tiles.fill(0)
+            self.queue_codes(query_texts, batch, tiles).result()
 
     def host_batch(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for a batch of host tiles; on a GPU in pinned memory (torch's caching host
@@ -121,27 +147,29 @@ class ResidentModel:
 
         return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
 
-    def codes(self, query_texts: Sequence[str], batch: int, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        """The stored codes of host tiles, and the seconds the model ran on them.
+    def queue_codes(self, query_texts: Sequence[str], batch: int, rgb: np.ndarray) -> QueuedCodes:
+        """Queue host tiles on the model: their stored codes and the seconds the model ran on them come from the
+        returned :class:`QueuedCodes`. On a GPU this returns once the batch's work is queued, so a task can read,
+        queue and hand over its batches while the GPU computes the one before; elsewhere it computes them now.
 
-        rgb: B x 3 x T x T uint8 -> B x Q x T x T uint8. Seconds: GPU time between CUDA events on a GPU.
+        rgb: B x 3 x T x T uint8 -> codes B x Q x T x T uint8. Seconds: GPU time between CUDA events on a GPU.
         """
         import torch
 
         predict = self.predictor(query_texts, batch)
         if self.device.type == "cuda":
-            return self._codes_cuda(predict, rgb)
+            return self._queue_cuda(predict, rgb)
         with self.turn():
             start = time.perf_counter()
             codes = predict(torch.from_numpy(rgb).to(self.device)).numpy()
-            return codes, time.perf_counter() - start
+            return QueuedCodes(codes, seconds=time.perf_counter() - start)
 
-    def _codes_cuda(self, predict: BatchFn, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        """:meth:`codes` on a GPU, with the copies to and from it outside the model's turn.
+    def _queue_cuda(self, predict: BatchFn, rgb: np.ndarray) -> QueuedCodes:
+        """:meth:`queue_codes` on a GPU, with the copies to and from it outside the model's turn.
 
-        Tiles go up and codes come down on a side stream, through pinned memory, while another thread's batch
-        computes; the turn is held only to queue the model's work (one graph replay), never to wait for the GPU,
-        so the GPU goes from one batch to the next without a gap.
+        Tiles go up and codes come down on a side stream, through pinned memory, while other batches compute;
+        the turn is held only to queue the model's work (one graph replay), never to wait for the GPU, so the
+        GPU goes from one batch to the next without a gap.
         """
         import torch
 
@@ -162,8 +190,9 @@ class ResidentModel:
             host_out = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
             host_out.copy_(codes, non_blocking=True)
             codes.record_stream(side)  # allocated on ``main``, read on ``side``
-        side.synchronize()
-        return host_out.numpy(), began.elapsed_time(ended) / 1000
+            copied = torch.cuda.Event()
+            copied.record(side)  # after the copy up (same stream), the batch and the copy down
+        return QueuedCodes(host_out.numpy(), seconds=(began, ended), copied=copied, keep=(host_in, host_out))
 
     @contextmanager
     def turn(self) -> Iterator[None]:

@@ -2,8 +2,8 @@
 
 A task gets a :class:`BatchTask` (paths, ids and small specs, never weights or pixels) and returns a
 :class:`BatchResult` (polygons, numbers, and the failure that stopped it, if any). While the model runs on one
-batch, a thread reads the next; each predicted tile goes, as uint8 codes, to the process's finisher pool, which
-writes its Zarr chunk, polygonises it and marks it done.
+batch, a thread reads the next and the task hands the one before over: each predicted tile goes, as uint8 codes,
+to the process's finisher pool, which writes its Zarr chunk, polygonises it and marks it done.
 
 Each tile is finished by writing its Zarr chunk and then its polygon sidecar ``<tiles_dir>/<key>.parquet``; the
 sidecar's presence is the resume marker, so a tile interrupted between the two is simply redone. A write that fails
@@ -15,6 +15,7 @@ before it stay finished, and the scene's fate (skipped or the run stopped) is th
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,9 +30,14 @@ from rsrs.pipeline.mosaic import mark_nodata, write_core
 from rsrs.pipeline.network import DEFAULT_HTTP, HttpOptions, use_http_options
 from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
 from rsrs.pipeline.reading import SceneReader, TileReadError
-from rsrs.pipeline.resident import ModelRef, ResidentModel, resident_model
+from rsrs.pipeline.resident import ModelRef, QueuedCodes, ResidentModel, resident_model
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
+
+#: Tile groups a task keeps queued on the model. With two, the GPU computes one while the task hands the one before
+#: it to the finisher and queues the next, so it never waits on a task's copies and hand-overs; and when another
+#: task sharing the GPU ends or starts (its last writes, its first read), a batch is still queued behind this one.
+GROUPS_QUEUED = 2
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     except OSError as err:
         raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
+    queued: deque[_QueuedGroup] = deque()  # on the model, oldest first
     scene_reader = SceneReader(task.scene, threads=IO_THREADS, empty=resident.host_batch)
     with scene_reader, ThreadPoolExecutor(1, "rsrs-read") as reader:
         pending_read = reader.submit(_read_group, resident, scene_reader, groups[0]) if groups else None
@@ -111,17 +118,11 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
             result.read_s += read_s
             if g + 1 < len(groups):
                 pending_read = reader.submit(_read_group, resident, scene_reader, groups[g + 1])
-            has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(group)])
-            codes = None
-            if has_data.any():
-                tiles = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
-                codes, model_s = resident.codes(task.query_texts, task.batch_size, tiles)  # B' x Q x T x T uint8
-                result.model_s += model_s
-            rows = np.cumsum(has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
-            for b, tile in enumerate(group):
-                inner = (slice(None), *tile.core_in_read.slices())
-                core = mark_nodata(codes[rows[b]][inner], valid[b][inner[1:]]) if has_data[b] else None  # in place
-                finishing.append(resident.finisher.submit(finish_tile, task, tile, codes=core))
+            queued.append(_queue_group(resident, task, group, rgb, valid))
+            if len(queued) == GROUPS_QUEUED:
+                finishing += _hand_over(resident, task, queued.popleft(), result)
+        while queued:  # the groups read before the last one (or before a failed read) are finished too
+            finishing += _hand_over(resident, task, queued.popleft(), result)
     for done in finishing:
         polygons, seconds = done.result()
         result.polygons.append(polygons)
@@ -129,6 +130,45 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
     result.skipped = sum(t.skipped for t in result.polygons)
     result.computed = len(result.polygons) - result.skipped
     return result
+
+
+@dataclass(frozen=True)
+class _QueuedGroup:
+    """A group of tiles on the model: which of them have data (only those were queued) and their valid pixels."""
+
+    tiles: Sequence[Tile]
+    has_data: np.ndarray  # B bool
+    valid: np.ndarray  # B x T x T bool
+    codes: QueuedCodes | None  # of the tiles with data; None when none has
+
+
+def _queue_group(
+    resident: ResidentModel, task: BatchTask, tiles: Sequence[Tile], rgb: np.ndarray, valid: np.ndarray
+) -> _QueuedGroup:
+    """Queue the tiles that have valid pixels in their core on the model (rgb: B x 3 x T x T uint8)."""
+    has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(tiles)])
+    codes = None
+    if has_data.any():
+        with_data = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
+        codes = resident.queue_codes(task.query_texts, task.batch_size, with_data)
+    return _QueuedGroup(tiles, has_data, valid, codes)
+
+
+def _hand_over(
+    resident: ResidentModel, task: BatchTask, group: _QueuedGroup, result: BatchResult
+) -> list[Future[tuple[TilePolygons, float]]]:
+    """Wait for a group's codes and hand each tile's core to the finisher (a tile without data gets its marker)."""
+    codes = None
+    if group.codes is not None:
+        codes, model_s = group.codes.result()  # B' x Q x T x T uint8
+        result.model_s += model_s
+    rows = np.cumsum(group.has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
+    finishing = []
+    for b, tile in enumerate(group.tiles):
+        inner = (slice(None), *tile.core_in_read.slices())
+        core = mark_nodata(codes[rows[b]][inner], group.valid[b][inner[1:]]) if group.has_data[b] else None
+        finishing.append(resident.finisher.submit(finish_tile, task, tile, codes=core))  # core: marked in place
+    return finishing
 
 
 def _read_group(

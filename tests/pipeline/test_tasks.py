@@ -1,7 +1,10 @@
 """The body of a `rsrs run` task: device-side quantisation, finishing tiles in threads or processes, read failures."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import rasterio
 import shapely
 import torch
 import zarr
@@ -9,7 +12,7 @@ import zarr
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
 from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
-from rsrs.pipeline.tasks import BatchTask, run_batch
+from rsrs.pipeline.tasks import GROUPS_QUEUED, BatchTask, run_batch
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
@@ -82,6 +85,25 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
     assert outputs["threads"][2] == outputs["processes"][2]
 
 
+def test_a_failed_read_ends_the_task_after_finishing_every_tile_queued_before_it(tmp_path, finisher_kind):
+    """Groups already queued on the model when a later read fails are handed over and finished, not dropped."""
+    task = replace(_task(tmp_path / "t", ModelRef("tiny", device="cpu")), batch_size=1)
+    scene = tmp_path / "t" / "scene.tif"
+    write_geotiff(scene, shape=(70, 90), nodata=0, seed=5, tiled=False)  # the same pixels, in strips of 30 rows
+    with rasterio.open(scene) as src:
+        offset, size = (int(src.get_tag_item(f"BLOCK_{item}_0_2", "TIFF", bidx=1)) for item in ("OFFSET", "SIZE"))
+    raw = bytearray(scene.read_bytes())
+    raw[offset : offset + size] = b"\xff" * size  # rows 60-69 no longer decode
+    scene.write_bytes(raw)
+    finisher_kind("threads", task.model)
+    result = run_batch(task)
+    readable = [t.key for t in task.tiles if t.read.row_off + t.read.height <= 60]
+    assert result.failure is not None and len(readable) < len(task.tiles)
+    assert len(readable) > GROUPS_QUEUED  # several groups were queued when the read failed
+    assert sorted(t.key for t in result.polygons) == sorted(readable)
+    assert sorted(p.stem for p in (tmp_path / "t" / "tiles").iterdir()) == sorted(readable)
+
+
 def test_a_compiled_model_ref_compiles_the_image_encoders_on_sdpa_attention(finisher_kind):
     """model.compile reaches the worker's model: set up before the first batch (which compiles), never after.
     SAM keeps transformers' SDPA attention: the fused FlexAttention kernel measured slower on an H200."""
@@ -109,8 +131,9 @@ def test_tiles_from_a_compiled_worker_model_equal_eager_tiles(tmp_path, finisher
 
 @pytest.mark.gpu
 def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
-    """Two tasks' threads share one graphed model; copies overlap the other's batch, codes must not mix, whether a
-    batch was read into pinned memory (:meth:`ResidentModel.host_batch`) or not."""
+    """Two tasks' threads share one graphed model and each queues all its batches before collecting any; copies
+    overlap the other batches, codes must not mix, whether a batch was read into pinned memory
+    (:meth:`ResidentModel.host_batch`) or not."""
     from concurrent.futures import ThreadPoolExecutor
     from itertools import pairwise
 
@@ -128,8 +151,14 @@ def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
         batches[i] = pinned
     with torch.inference_mode():
         expected = [quantise(model.predict(torch.from_numpy(b).cuda(), text)).to(torch.uint8).cpu() for b in batches]
+
+    def queued_then_collected(part: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        queued = [resident.queue_codes(queries, 4, b) for b in part]  # all on the GPU's queue at once
+        return [q.result() for q in queued]
+
     with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda b: resident.codes(queries, 4, b), batches))
+        first, second = pool.map(queued_then_collected, [batches[:6], batches[6:]])  # pinned and not in each
+    got = first + second
     release_resident()
     assert all(not torch.equal(a[:3], b[:3]) for a, b in pairwise(expected)), "batches must differ"
     for (codes, gpu_s), want in zip(got, expected, strict=True):
