@@ -26,7 +26,7 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from rsrs.core.errors import RsrsError
-from rsrs.pipeline.resident import ModelRef, resident_model
+from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
 from rsrs.workflows.job import Compute
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,11 @@ class ResidentModelPlugin(WorkerPlugin):
             batch, tile = self.warm_up
             resident.warm_up(self.query_texts, batch=batch, tile=tile)
         importlib.import_module("rsrs.workflows.run_workers")  # the tasks' code (Zarr, GeoPandas), not in task one
+
+    def teardown(self, worker: Any) -> None:
+        """As the worker closes, stop its finisher pool: its shared-memory blocks are freed here, not left for
+        Python's resource tracker to find at exit (with a warning about "leaked shared_memory objects")."""
+        release_resident()
 
 
 def load_models(

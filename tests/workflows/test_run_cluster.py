@@ -59,6 +59,20 @@ def test_model_is_loaded_once_and_reused_by_every_task(client):
     assert not uses_gpus(client)
 
 
+def _finished(key: str, codes: None) -> str:
+    return key
+
+
+def test_a_closing_worker_stops_its_models_finisher_pool():
+    """The pool's shared-memory blocks are freed as the worker closes, not found by the resource tracker at exit."""
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as local, Client(local) as client:
+        load_models(client, TINY, ("ponds",), local=True)
+        resident = resident_model(TINY)  # in-process workers share this process's cache
+        assert resident.finisher.submit(_finished, "r0_c0", codes=None).result() == "r0_c0"
+    with pytest.raises(RuntimeError, match="shutdown"):
+        resident.finisher.submit(_finished, "r0_c1", codes=None)
+
+
 SET_UP_A_WORKER = """
 import sys
 from rsrs.pipeline.resident import ModelRef
