@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 from rsrs.pipeline.resident import ModelRef
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tasks import BatchTask
-from rsrs.pipeline.tiling import Tile, TileGrid, batched, plan_tiles
+from rsrs.pipeline.tiling import Tile, TileGrid, plan_tiles
 from rsrs.workflows.job import Job
 from rsrs.workflows.run_report import SceneReport, SceneStatus
 
@@ -39,6 +40,7 @@ class ScenePlan:
 def plan_run(job: Job, scenes: Sequence[Scene], done: Callable[[str], set[str]]) -> list[ScenePlan]:
     """Each scene's plan; ``done(scene_id)`` gives the keys of tiles an earlier run finished."""
     per_task = job.tiling.batch_size * BATCHES_PER_TASK
+    first = staggered_sizes(job.compute.tasks_per_gpu, job.tiling.batch_size)  # the run's first tasks
     plans = []
     for scene in scenes:
         tiles = plan_tiles(scene.grid, tile_size=job.tiling.tile_size, overlap=job.tiling.overlap)
@@ -47,8 +49,30 @@ def plan_run(job: Job, scenes: Sequence[Scene], done: Callable[[str], set[str]])
         report = SceneReport.planned(scene, tiles)
         report.tiles_resumed = len(tiles) - len(todo)
         report.status = SceneStatus.PENDING if todo else SceneStatus.DONE
-        plans.append(ScenePlan(scene=scene, tiles=tiles, tasks=batched(todo, per_task) if todo else [], report=report))
+        tasks = cut_tasks(todo, first, per_task)
+        first = first[len(tasks) :]
+        plans.append(ScenePlan(scene=scene, tiles=tiles, tasks=tasks, report=report))
     return plans
+
+
+def staggered_sizes(tasks_at_once: int, batch_size: int) -> list[int]:
+    """Tiles in each of a run's first ``tasks_at_once`` tasks (those that share a GPU from the start): the k-th
+    of n holds k/n of a task's batches. Tasks of one size that start together end together, and then the GPU
+    waits for all their successors' first reads at once; staggered, one task starts (reads its first tiles) while
+    the others still have batches queued."""
+    return [batch_size * max(1, BATCHES_PER_TASK * k // tasks_at_once) for k in range(1, tasks_at_once + 1)]
+
+
+def cut_tasks(todo: Sequence[Tile], first: Sequence[int], per_task: int) -> list[tuple[Tile, ...]]:
+    """``todo`` in consecutive tasks: of ``first[0]``, ``first[1]``, ... tiles, then of ``per_task`` each."""
+    tasks: list[tuple[Tile, ...]] = []
+    start = 0
+    for size in chain(first, repeat(per_task)):
+        if start >= len(todo):
+            return tasks
+        tasks.append(tuple(todo[start : start + size]))
+        start += size
+    return tasks
 
 
 def batch_tasks(
