@@ -12,7 +12,7 @@ dask-cuda's LocalCUDACluster when dask-cuda is importable, else a LocalCluster (
 which). ``--tasks-per-gpu 2,4`` runs the pipeline with each ``compute.tasks_per_gpu`` (keys of the second carry a
 suffix). ``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and
 adds where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the
-reads, and each task's window.
+reads, each task's window, and when the GPU computed batches and where it idled (its longest gaps, with when).
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
                          [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]

@@ -6,7 +6,7 @@ the reads of tile groups and the tasks), so the run itself is `rsrs run`'s own c
 scene's lead-in (first task start to the first model batch: the first read), tail (last batch to the last task's
 end: copies back and writes), the time the model lock was held and the gaps between its holds. On a GPU with
 side-stream copies the lock covers only queueing a batch's work, so there the gaps are not idle GPU time; the
-lead-in and tail are.
+device's own batches (CUDA events read on the host's clock) say when it computed and where it waited.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
@@ -48,12 +48,17 @@ def recorded() -> list[Event]:
 
 
 def summarise(events: list[Event]) -> dict:
-    """Lead-in, tail, lock holds and gaps (seconds) over the span of the job's tasks (the model's warm-up excluded)."""
+    """Lead-in, tail, lock holds and gaps, and when the device computed and idled (seconds), over the span of the
+    job's tasks (the model's warm-up excluded)."""
     tasks = sorted((e for e in events if e[0] == "task"), key=lambda e: e[2])
     begin, end = tasks[0][2], max(t[3] for t in tasks)
-    holds = sorted((e for e in events if e[0] == "model" and e[2] >= begin), key=lambda e: e[2])
-    reads = sorted((e for e in events if e[0] == "read" and e[2] >= begin), key=lambda e: e[2])
+
+    def during(kind: str) -> list[Event]:
+        return sorted((e for e in events if e[0] == kind and e[2] >= begin), key=lambda e: e[2])
+
+    holds, reads, batches = during("model"), during("read"), during("device")
     gaps = [b[2] - a[3] for a, b in pairwise(holds) if b[2] > a[3]]
+    idle = [(a[3], b[2]) for a, b in pairwise(batches) if b[2] > a[3]]  # the device between two batches
     return {
         "tasks": len(tasks),
         "batches": len(holds),
@@ -62,6 +67,13 @@ def summarise(events: list[Event]) -> dict:
         "tail_s": round(end - holds[-1][3], 3),
         "lock_held_s": round(sum(e[3] - e[2] for e in holds), 3),
         "gaps_between_holds_s": round(sum(gaps), 3),
+        "device_busy_s": round(sum(e[3] - e[2] for e in batches), 3),
+        "device_idle_before_first_batch_s": round(batches[0][2] - begin, 3),
+        "device_idle_between_batches_s": round(sum(b - a for a, b in idle), 3),
+        "device_idle_after_last_batch_s": round(end - batches[-1][3], 3),
+        "device_longest_idle_s": [  # (when, from the first task's start; how long), longest first
+            (round(a - begin, 2), round(b - a, 3)) for a, b in sorted(idle, key=lambda g: g[0] - g[1])[:8]
+        ],
         "first_read_start_s": round(reads[0][2] - begin, 3),
         "first_read_s": round(reads[0][3] - reads[0][2], 3),
         "read_s_mean": round(sum(e[3] - e[2] for e in reads) / len(reads), 4),

@@ -6,8 +6,8 @@ batch predictors (CUDA graphs on a GPU, see :func:`rsrs.model.batch_predictor`) 
 other runs the model; the model's lock keeps it to one batch at a time. On a GPU the lock is held only while a
 batch's work is queued: tiles go up and codes come down on a side stream, overlapping the other task's batch.
 
-A benchmark may set a :class:`Recorder` (:func:`set_recorder`) to see the model's turns, reads and tasks on a
-timeline.
+A benchmark may set a :class:`Recorder` (:func:`set_recorder`) to see the model's turns, the batches on the device,
+reads and tasks on a timeline.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class ModelRef:
 
 
 class Recorder(Protocol):
-    """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'read' or 'task'."""
+    """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'device' (when the device computed
+    a batch, on the host's clock), 'read' or 'task'."""
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
 
@@ -56,24 +57,50 @@ class QueuedCodes:
         self,
         codes: np.ndarray,
         *,
-        seconds: float | tuple[torch.cuda.Event, torch.cuda.Event],
+        ran: tuple[float, float] | tuple[torch.cuda.Event, torch.cuda.Event],
+        clock: DeviceClock | None = None,
         copied: torch.cuda.Event | None = None,
         keep: tuple[object, ...] = (),
     ) -> None:
         self._codes = codes  # B x Q x T x T uint8, valid once ``copied`` has happened
-        self._seconds = seconds  # the model's time, or the CUDA events around its batch
+        self._ran = ran  # when the model ran on the batch: host seconds, or CUDA events read with ``clock``
+        self._clock = clock
         self._copied = copied
         self._keep = keep  # host memory the queued copies read or write, alive until they have run
 
     def result(self) -> tuple[np.ndarray, float]:
-        """The codes (B x Q x T x T uint8) and the seconds the model ran on them, once they are on the host."""
+        """The codes (B x Q x T x T uint8) and the seconds the model ran on them, once they are on the host
+        (recorded as a 'device' event, on the host's clock, when a recorder is set)."""
         if self._copied is not None:
             self._copied.synchronize()
             self._keep = ()
-        if isinstance(self._seconds, tuple):
-            began, ended = self._seconds
-            return self._codes, began.elapsed_time(ended) / 1000
-        return self._codes, self._seconds
+        if self._clock is None:  # host seconds
+            start, end = self._ran
+            seconds = end - start
+        else:
+            began, ended = self._ran
+            seconds = began.elapsed_time(ended) / 1000  # exact; the clock places the batch on a timeline
+        if _RECORDER is not None:
+            start, end = self._ran if self._clock is None else self._clock.host_times(*self._ran)
+            _RECORDER("device", start, end, "")
+        return self._codes, seconds
+
+
+class DeviceClock:
+    """Reads CUDA events as host ``time.perf_counter`` seconds, from one event whose host time was taken as it
+    completed (a benchmark's timeline puts the GPU's batches beside the host's reads and tasks)."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch
+
+        self._mark = torch.cuda.Event(enable_timing=True)
+        self._mark.record(torch.cuda.current_stream(device))
+        self._mark.synchronize()
+        self._host = time.perf_counter()
+
+    def host_times(self, *events: torch.cuda.Event) -> tuple[float, ...]:
+        """Each (completed) event's time, in host seconds."""
+        return tuple(self._host + self._mark.elapsed_time(event) / 1000 for event in events)
 
 
 class ResidentModel:
@@ -98,6 +125,7 @@ class ResidentModel:
         self._queries: tuple[str, ...] | None = None
         self._text: TextFeatures | None = None
         self._predictors: dict[int, BatchFn] = {}  # by batch size, for the current queries
+        self._clock = DeviceClock(self.device) if self.device.type == "cuda" else None
 
     @property
     def device(self) -> torch.device:
@@ -162,7 +190,7 @@ class ResidentModel:
         with self.turn():
             start = time.perf_counter()
             codes = predict(torch.from_numpy(rgb).to(self.device)).numpy()
-            return QueuedCodes(codes, seconds=time.perf_counter() - start)
+            return QueuedCodes(codes, ran=(start, time.perf_counter()))
 
     def _queue_cuda(self, predict: BatchFn, rgb: np.ndarray) -> QueuedCodes:
         """:meth:`queue_codes` on a GPU, with the copies to and from it outside the model's turn.
@@ -192,7 +220,9 @@ class ResidentModel:
             codes.record_stream(side)  # allocated on ``main``, read on ``side``
             copied = torch.cuda.Event()
             copied.record(side)  # after the copy up (same stream), the batch and the copy down
-        return QueuedCodes(host_out.numpy(), seconds=(began, ended), copied=copied, keep=(host_in, host_out))
+        return QueuedCodes(
+            host_out.numpy(), ran=(began, ended), clock=self._clock, copied=copied, keep=(host_in, host_out)
+        )
 
     @contextmanager
     def turn(self) -> Iterator[None]:

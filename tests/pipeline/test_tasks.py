@@ -11,7 +11,7 @@ import zarr
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
-from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
+from rsrs.pipeline.resident import ModelRef, release_resident, resident_model, set_recorder
 from rsrs.pipeline.tasks import GROUPS_QUEUED, BatchTask, run_batch
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
@@ -102,6 +102,25 @@ def test_a_failed_read_ends_the_task_after_finishing_every_tile_queued_before_it
     assert len(readable) > GROUPS_QUEUED  # several groups were queued when the read failed
     assert sorted(t.key for t in result.polygons) == sorted(readable)
     assert sorted(p.stem for p in (tmp_path / "t" / "tiles").iterdir()) == sorted(readable)
+
+
+def test_a_recorder_sees_each_batch_on_the_device_inside_its_turn_and_each_read(tmp_path, finisher_kind):
+    events = []
+    task = _task(tmp_path / "t", ModelRef("tiny", device="cpu"))
+    finisher_kind("threads", task.model)
+    set_recorder(lambda kind, start, end, key: events.append((kind, start, end)))
+    try:
+        result = run_batch(task)
+    finally:
+        set_recorder(None)
+    by_kind = {kind: [(s, e) for k, s, e in events if k == kind] for kind in ("task", "read", "model", "device")}
+    groups = -(-len(task.tiles) // task.batch_size)
+    assert result.computed == len(task.tiles)  # every group had data: one turn and one device batch each
+    assert len(by_kind["task"]) == 1 and len(by_kind["read"]) == len(by_kind["device"]) == groups
+    assert len(by_kind["model"]) == groups
+    for (turn_start, turn_end), (start, end) in zip(by_kind["model"], by_kind["device"], strict=True):
+        assert turn_start <= start < end <= turn_end
+    assert sum(e - s for s, e in by_kind["device"]) == pytest.approx(result.model_s)
 
 
 def test_a_compiled_model_ref_compiles_the_image_encoders_on_sdpa_attention(finisher_kind):
