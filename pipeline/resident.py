@@ -58,7 +58,7 @@ class QueuedCodes:
         codes: np.ndarray,
         *,
         ran: tuple[float, float] | tuple[torch.cuda.Event, torch.cuda.Event],
-        clock: DeviceClock | None = None,
+        clock: DeviceClock | None = None,  # reads ``ran``'s CUDA events on the host's clock, for a timeline
         copied: torch.cuda.Event | None = None,
         keep: tuple[object, ...] = (),
     ) -> None:
@@ -74,15 +74,15 @@ class QueuedCodes:
         if self._copied is not None:
             self._copied.synchronize()
             self._keep = ()
-        if self._clock is None:  # host seconds
-            start, end = self._ran
-            seconds = end - start
-        else:
-            began, ended = self._ran
-            seconds = began.elapsed_time(ended) / 1000  # exact; the clock places the batch on a timeline
-        if _RECORDER is not None:
-            start, end = self._ran if self._clock is None else self._clock.host_times(*self._ran)
-            _RECORDER("device", start, end, "")
+        first, last = self._ran
+        if isinstance(first, float):  # host seconds (not on a GPU)
+            span: tuple[float, ...] | None = (first, last)
+            seconds = last - first
+        else:  # CUDA events
+            seconds = first.elapsed_time(last) / 1000
+            span = self._clock.host_times(first, last) if self._clock is not None else None
+        if _RECORDER is not None and span is not None:
+            _RECORDER("device", span[0], span[1], "")
         return self._codes, seconds
 
 
@@ -125,7 +125,7 @@ class ResidentModel:
         self._queries: tuple[str, ...] | None = None
         self._text: TextFeatures | None = None
         self._predictors: dict[int, BatchFn] = {}  # by batch size, for the current queries
-        self._clock = DeviceClock(self.device) if self.device.type == "cuda" else None
+        self._clock: DeviceClock | None = None  # made when a timeline first needs it
 
     @property
     def device(self) -> torch.device:
@@ -201,6 +201,7 @@ class ResidentModel:
         """
         import torch
 
+        clock = self._timeline_clock()  # made before this batch's events, which it reads
         side = torch.cuda.Stream(self.device)
         host_in = torch.from_numpy(rgb).pin_memory()  # no copy when read into :meth:`host_batch`'s memory
         with torch.cuda.stream(side):
@@ -220,9 +221,16 @@ class ResidentModel:
             codes.record_stream(side)  # allocated on ``main``, read on ``side``
             copied = torch.cuda.Event()
             copied.record(side)  # after the copy up (same stream), the batch and the copy down
-        return QueuedCodes(
-            host_out.numpy(), ran=(began, ended), clock=self._clock, copied=copied, keep=(host_in, host_out)
-        )
+        return QueuedCodes(host_out.numpy(), ran=(began, ended), clock=clock, copied=copied, keep=(host_in, host_out))
+
+    def _timeline_clock(self) -> DeviceClock | None:
+        """The clock that puts GPU batches on a recorder's timeline: None without a recorder, else made once."""
+        if _RECORDER is None:
+            return None
+        with self._lock:
+            if self._clock is None:
+                self._clock = DeviceClock(self.device)
+            return self._clock
 
     @contextmanager
     def turn(self) -> Iterator[None]:
