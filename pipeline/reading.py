@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
@@ -187,7 +187,9 @@ class SceneReader:
             for i in indexes:
                 _read_into(self.scene, datasets, windows[i], rgb[i], valid[i])
 
-        for done in [self._threads[k].submit(read_some, k, indexes) for k, indexes in by_thread.items()]:
+        reads = [self._threads[k].submit(read_some, k, indexes) for k, indexes in by_thread.items()]
+        wait(reads)  # all, also when one fails: no thread still writes into the arrays once this returns or raises
+        for done in reads:
             done.result()
         return rgb, valid
 
@@ -199,11 +201,15 @@ class SceneReader:
         return self._open[k][1]
 
     def close(self) -> None:
-        """Close every thread's files, each in its own thread, and stop the threads."""
-        for k, (stack, _) in self._open.items():
-            self._threads[k].submit(stack.close).result()
-        for thread in self._threads:
+        """Close every thread's files, each in its own thread after the reads queued on it, and stop the threads."""
+        for k, thread in enumerate(self._threads):
+            thread.submit(self._close_files, k).result()
             thread.shutdown()
+
+    def _close_files(self, k: int) -> None:
+        """In thread ``k``: close the files it opened, if any."""
+        if k in self._open:
+            self._open.pop(k)[0].close()
 
     def __enter__(self) -> SceneReader:
         return self

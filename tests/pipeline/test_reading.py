@@ -1,4 +1,5 @@
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import rasterio
 
 from rsrs.pipeline import reading
 from rsrs.pipeline.geometry import PixelWindow
-from rsrs.pipeline.reading import SceneReader, read_tile
+from rsrs.pipeline.reading import SceneReader, TileReadError, read_tile
 from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
 from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
 from rsrs.pipeline.tiling import plan_tiles
@@ -187,3 +188,29 @@ def test_each_reader_thread_opens_the_files_once_and_reads_one_band_of_columns(t
     assert sorted(opened) == [f"rsrs-read-{k}_0" for k in range(4)]  # once per thread, for all 10 batches
     for centre, threads in read_by.items():
         assert threads == {f"rsrs-read-{min(3, centre // 100)}_0"}  # bands of 100 columns
+
+
+def test_a_failed_read_raises_after_every_thread_stopped_and_closing_then_closes_their_files(tmp_path, monkeypatch):
+    """One band's tiles fail at once while the other threads still read: the read raises only when they are done
+    (none writes into the batch afterwards), and closing the reader closes every file they opened."""
+    path = write_geotiff(tmp_path / "a.tif", shape=(96, 400))
+    scene = scene_from_raster(str(path))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=24, overlap=4)][:25]  # the first row: 4 bands
+    finished, handles = [], []
+    real_read = reading._read_into
+
+    def failing_or_slow_read(scene, datasets, window, rgb, valid):
+        handles.extend(datasets.values())
+        if window.col_off + window.width // 2 < 100:  # the first thread's band of columns
+            raise TileReadError(scene, window, "corrupt block")
+        time.sleep(0.02)
+        real_read(scene, datasets, window, rgb, valid)
+        finished.append(window)
+
+    monkeypatch.setattr(reading, "_read_into", failing_or_slow_read)
+    reader = SceneReader(scene, threads=4)
+    with pytest.raises(TileReadError):
+        reader.read(windows)
+    assert len(finished) == sum(w.col_off + w.width // 2 >= 100 for w in windows) > 0
+    reader.close()
+    assert len({id(h) for h in handles}) == 4 and all(h.closed for h in handles)
