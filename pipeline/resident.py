@@ -196,8 +196,9 @@ class ResidentModel:
         """:meth:`queue_codes` on a GPU, with the copies to and from it outside the model's turn.
 
         Tiles go up and codes come down on a side stream, through pinned memory, while other batches compute;
-        the turn is held only to queue the model's work (one graph replay), never to wait for the GPU, so the
-        GPU goes from one batch to the next without a gap.
+        the turn is held only to queue the model's work (one graph replay), so the GPU goes from one batch to the
+        next without a gap. (On an H200 the turn lasted about one batch's GPU time: queueing the replay evidently
+        waits while the batch ahead runs, which costs nothing while another batch is queued behind it.)
         """
         import torch
 
