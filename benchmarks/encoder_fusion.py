@@ -2,10 +2,11 @@
 
 For each variant of the same random-init model: ``encode_images`` tiles/s; the workers' model function
 (``predict`` over a batch, replayed from CUDA graphs on a GPU, as ``batch_predictor`` runs it) tiles/s; the max
-abs logit difference and the share of mask pixels equal to eager's; the first call's seconds (compilation, or
-loading from the compile cache: run twice to see both); and the kernel each attention layer runs. ``--trace``
-writes a chrome trace of one un-graphed ``predict`` batch per variant (``trace.json`` -> ``trace.eager.json``, ...;
-a ``.json.gz`` name is compressed) and the result lists each variant's top device operators.
+abs logit difference, and the shares of mask pixels and of stored uint8 codes (equal, within 1) equal to eager's;
+the first call's seconds (compilation, or loading from the compile cache: run twice to see both); and the kernel
+each attention layer runs. ``--trace`` writes a chrome trace of one un-graphed ``predict`` batch per variant
+(``trace.json`` -> ``trace.eager.json``, ...; a ``.json.gz`` name is compressed) and the result lists each
+variant's top device operators.
 
 Variants: eager always; ``--fused``: fused SAM attention; ``--compile``: compiled encoders with stock attention,
 and fused + compiled with ``--fused``; ``--fp8``: float8 linear layers (H100/H200), uncompiled and compiled. A variant's
@@ -13,7 +14,8 @@ figures are saved as soon as it is measured.
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
-              16 tiles of 256² and its expressions, for the agreement figures; needs rasterio)
+              16 tiles of 256² and its expressions, for the agreement figures; needs rasterio; ``--scene F`` cuts
+              another uint8 RGB GeoTIFF, e.g. a real aerial image, into whole tiles instead)
 CPU smoke:    python -m benchmarks.encoder_fusion --preset tiny --batch 2 --iters 1 --fused
 """
 
@@ -33,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks._common import device_info, timed, write_result
 from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
+from rsrs.pipeline.resident import stored_codes
 
 QUERY = "the red-roofed buildings"
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--fp8", action="store_true", help="time float8 linear layers, uncompiled and compiled")
     parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
     parser.add_argument("--demo", action="store_true", help="the demo model on the demo scene and its expressions")
+    parser.add_argument("--scene", type=Path, default=DEMO / "scene.tif", help="with --demo: a uint8 RGB(+) GeoTIFF")
     parser.add_argument("--trace", type=Path, help="chrome trace path; the variant's name goes before .json")
     parser.add_argument("--name", default="encoder_fusion", help="result file name under benchmarks/results/")
     args = parser.parse_args()
@@ -56,7 +60,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
     if args.demo:  # trained weights and a real scene: masks that depend on the tiles (random ones barely do)
-        args.preset, (tiles, queries) = "demo", demo_tiles_and_queries()
+        args.preset, (tiles, queries) = "demo", demo_tiles_and_queries(args.scene)
         args.batch, args.tile_size = tiles.shape[0], tiles.shape[-1]
         base = load_model("demo", device=device)
     else:
@@ -68,6 +72,7 @@ def main() -> None:
         "preset": args.preset,
         **device_info(),
         "weights": f"{'trained' if args.demo else 'random init'}, {str(base.dtype).removeprefix('torch.')}",
+        "scene": args.scene.name if args.demo else "random tiles",
         "batch": args.batch,
         "tile_size": args.tile_size,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -85,12 +90,17 @@ def main() -> None:
         t0 = time.perf_counter()
         logits = _logits(model, tiles, text)
         first_call = time.perf_counter() - t0
-        eager_logits = logits if eager_logits is None else eager_logits
+        codes = _codes(model, tiles, text)
+        if eager_logits is None:
+            eager_logits, eager_codes = logits, codes
+        code_steps = (codes.int() - eager_codes.int()).abs()
         entry = {
             "attention": attention_kernels(model),
             "first_call_seconds": round(first_call, 1),
             "max_abs_logit_difference": float((logits - eager_logits).abs().max()),
             "mask_pixels_equal": round(float(((logits > 0) == (eager_logits > 0)).float().mean()), 6),
+            "codes_equal": round(float((code_steps == 0).float().mean()), 6),  # the stored uint8 codes
+            "codes_within_1": round(float((code_steps <= 1).float().mean()), 6),
         }
         entry |= _speeds(model, tiles, text, batch=args.batch, iters=args.iters)
         if args.trace:
@@ -98,7 +108,7 @@ def main() -> None:
         result[name] = entry
         write_result(args.name, result, echo=False)  # so far: a later variant that fails or times out loses no figures
         print(f"{name}: {json.dumps(entry)}", flush=True)
-        del model, logits
+        del model, logits, codes
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -107,13 +117,16 @@ def main() -> None:
     write_result(args.name, result)
 
 
-def demo_tiles_and_queries(tile: int = 256) -> tuple[torch.Tensor, list[str]]:
-    """The demo scene cut into ``tile``-pixel tiles (N x 3 x tile x tile, uint8) and the texts of its expressions."""
+def demo_tiles_and_queries(scene: Path, tile: int = 256) -> tuple[torch.Tensor, list[str]]:
+    """``scene``'s first three bands cut into whole ``tile``-pixel tiles (N x 3 x tile x tile, uint8) and the texts
+    of the demo scene's expressions."""
     import rasterio
 
-    with rasterio.open(DEMO / "scene.tif") as src:
-        scene = torch.from_numpy(src.read())  # 3 x H x W
-    tiles = scene.unfold(1, tile, tile).unfold(2, tile, tile)  # 3 x H/tile x W/tile x tile x tile
+    with rasterio.open(scene) as src:
+        if src.count < 3 or src.dtypes[0] != "uint8":
+            raise SystemExit(f"{scene}: need a uint8 raster of 3 or more bands, got {src.count} x {src.dtypes[0]}")
+        pixels = torch.from_numpy(src.read([1, 2, 3]))  # 3 x H x W
+    tiles = pixels.unfold(1, tile, tile).unfold(2, tile, tile)  # 3 x H/tile x W/tile x tile x tile
     tiles = tiles.permute(1, 2, 0, 3, 4).reshape(-1, 3, tile, tile)
     queries = [e["text"] for e in json.loads((DEMO / "expressions.json").read_text())]
     return tiles.contiguous(), queries
@@ -140,6 +153,12 @@ def _logits(model, tiles: torch.Tensor, text) -> torch.Tensor:
     if tiles.is_cuda:
         torch.cuda.synchronize()
     return logits
+
+
+def _codes(model, tiles: torch.Tensor, text) -> torch.Tensor:
+    """The stored codes (B x Q x T x T uint8) of one batch: ``predict``'s probabilities, quantised as workers do."""
+    with torch.inference_mode():
+        return stored_codes(model.predict(tiles, text))
 
 
 def _speeds(model, tiles: torch.Tensor, text, *, batch: int, iters: int) -> dict:
