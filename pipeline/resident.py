@@ -75,14 +75,11 @@ class QueuedCodes:
             self._copied.synchronize()
             self._keep = ()
         first, last = self._ran
-        if isinstance(first, float):  # host seconds (not on a GPU)
-            span: tuple[float, ...] | None = (first, last)
-            seconds = last - first
-        else:  # CUDA events
-            seconds = first.elapsed_time(last) / 1000
-            span = self._clock.host_times(first, last) if self._clock is not None else None
-        if _RECORDER is not None and span is not None:
-            _RECORDER("device", span[0], span[1], "")
+        on_host = isinstance(first, float)  # host seconds (not on a GPU), else CUDA events
+        seconds = last - first if on_host else first.elapsed_time(last) / 1000
+        if _RECORDER is not None and (on_host or self._clock is not None):
+            start, end = (first, last) if on_host else self._clock.host_times(first, last)
+            _RECORDER("device", start, end, "")
         return self._codes, seconds
 
 

@@ -65,11 +65,11 @@ def staggered_sizes(tasks_at_once: int, batch_size: int) -> list[int]:
 
 def cut_tasks(todo: Sequence[Tile], first: Sequence[int], per_task: int) -> list[tuple[Tile, ...]]:
     """``todo`` in consecutive tasks: of ``first[0]``, ``first[1]``, ... tiles, then of ``per_task`` each."""
+    sizes = chain(first, repeat(per_task))
     tasks: list[tuple[Tile, ...]] = []
     start = 0
-    for size in chain(first, repeat(per_task)):
-        if start >= len(todo):
-            return tasks
+    while start < len(todo):
+        size = next(sizes)
         tasks.append(tuple(todo[start : start + size]))
         start += size
     return tasks
