@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from rsrs.model.predictor import BatchFn
 
 
+#: Tile groups a task keeps queued on the model. With two, the GPU computes one while the task hands the one before
+#: it to the finisher and queues the next, so it never waits on a task's copies and hand-overs; and when another
+#: task sharing the GPU ends or starts (its last writes, its first read), a batch is still queued behind this one.
+GROUPS_QUEUED = 2
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Which model a worker loads (a preset name, model config path or checkpoint path), on which device, and how
@@ -155,13 +161,18 @@ class ResidentModel:
                 self._predictors[batch] = batch_predictor(self.model, text, batch=batch, postprocess=stored_codes)
             return self._predictors[batch]
 
-    def warm_up(self, query_texts: Sequence[str], *, batch: int, tile: int) -> None:
-        """On a GPU, run the job's batch shape once the way tasks do (graph capture, device and pinned host memory),
-        so its set-up is not paid in tiles."""
+    def warm_up(self, query_texts: Sequence[str], *, batch: int, tile: int, tasks: int = 1) -> None:
+        """On a GPU, run the job's batch shape the way ``tasks`` tasks sharing it do, so its set-up is not paid in
+        tiles: graph capture, device memory, and the pinned host batches the tasks hold at once (each task its
+        queued groups and the one it reads), which torch's host allocator then keeps for them. Pinning them during
+        the run's first reads delayed the GPU's first batch."""
         if self.device.type == "cuda":
-            tiles = self.host_batch((batch, 3, tile, tile))
-            tiles.fill(0)
-            self.queue_codes(query_texts, batch, tiles).result()
+            inputs = [self.host_batch((batch, 3, tile, tile)) for _ in range(tasks * (GROUPS_QUEUED + 1))]
+            for rgb in inputs:
+                rgb.fill(0)
+            queued = [self.queue_codes(query_texts, batch, rgb) for rgb in inputs]  # their codes' pinned memory too
+            for codes in queued:
+                codes.result()
 
     def host_batch(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for a batch of host tiles; on a GPU in pinned memory (torch's caching host

@@ -30,14 +30,9 @@ from rsrs.pipeline.mosaic import mark_nodata, write_core
 from rsrs.pipeline.network import DEFAULT_HTTP, HttpOptions, use_http_options
 from rsrs.pipeline.polygons import TilePolygons, polygonise_codes, save_tile
 from rsrs.pipeline.reading import SceneReader, TileReadError
-from rsrs.pipeline.resident import ModelRef, QueuedCodes, ResidentModel, resident_model
+from rsrs.pipeline.resident import GROUPS_QUEUED, ModelRef, QueuedCodes, ResidentModel, resident_model
 from rsrs.pipeline.scenes import Scene
 from rsrs.pipeline.tiling import Tile
-
-#: Tile groups a task keeps queued on the model. With two, the GPU computes one while the task hands the one before
-#: it to the finisher and queues the next, so it never waits on a task's copies and hand-overs; and when another
-#: task sharing the GPU ends or starts (its last writes, its first read), a batch is still queued behind this one.
-GROUPS_QUEUED = 2
 
 
 @dataclass(frozen=True)

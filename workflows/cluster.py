@@ -160,7 +160,8 @@ class ResidentModelPlugin(WorkerPlugin):
 
     ``torch_threads`` sets torch's intra-op threads (Dask's nanny starts workers with OMP_NUM_THREADS=1);
     None leaves the worker's setting. On a worker seeing several GPUs, the worker's integer name picks one.
-    ``warm_up=(batch, tile)``: the job's batch shape, run once on a GPU as the model loads.
+    ``warm_up=(batch, tile, tasks)``: the job's batch shape, run on a GPU as the model loads the way ``tasks`` tasks
+    sharing it run it (:meth:`~rsrs.pipeline.resident.ResidentModel.warm_up`).
     ``quiet_task_errors``: drop the worker's own "Compute Failed" log of a task's exception (on the clusters rsrs
     starts, whose workers print to the user's terminal: the client reports the error as the scene's, in one line).
     """
@@ -173,7 +174,7 @@ class ResidentModelPlugin(WorkerPlugin):
         query_texts: tuple[str, ...],
         *,
         torch_threads: int | None,
-        warm_up: tuple[int, int] | None = None,
+        warm_up: tuple[int, int, int] | None = None,
         quiet_task_errors: bool = False,
     ) -> None:
         self.model = model
@@ -195,8 +196,8 @@ class ResidentModelPlugin(WorkerPlugin):
         resident = resident_model(self.model)
         resident.text_features(self.query_texts)
         if self.warm_up is not None:
-            batch, tile = self.warm_up
-            resident.warm_up(self.query_texts, batch=batch, tile=tile)
+            batch, tile, tasks = self.warm_up
+            resident.warm_up(self.query_texts, batch=batch, tile=tile, tasks=tasks)
         importlib.import_module("rsrs.workflows.run_workers")  # the tasks' code (Zarr, GeoPandas), not in task one
 
     def teardown(self, worker: Any) -> None:
@@ -211,7 +212,7 @@ def load_models(
     query_texts: tuple[str, ...],
     *,
     local: bool,
-    warm_up: tuple[int, int] | None = None,
+    warm_up: tuple[int, int, int] | None = None,
 ) -> None:
     """Register :class:`ResidentModelPlugin` (blocks until every current worker has loaded the model)."""
     n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))

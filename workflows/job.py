@@ -276,7 +276,8 @@ class Compute(_Strict):
 
     ``tasks_per_gpu``: tasks that share one GPU at once, each asking for that share of the worker's ``GPU``
     resource (so give GPU workers that many threads). While one task reads its first tiles or waits for its last
-    writes, the others keep the GPU fed; more cost host memory and threads. 1, 2 or 4: shares a float holds exactly.
+    writes, the others keep the GPU fed; more cost threads and pinned host memory (each task holds three batches of
+    tiles, pinned as the model warms up). 1, 2 or 4: shares a float holds exactly.
     """
 
     scheduler: str | None = None

@@ -50,7 +50,8 @@ def compute_tiles(
         notify(f"Dask dashboard: {client.dashboard_link}")
         local = not (scheduler or job.compute.scheduler)
         workers.allowed_failures = job.compute.allowed_failures if local else None
-        load_models(client, model, texts, local=local, warm_up=(job.tiling.batch_size, job.tiling.tile_size))
+        warm_up = (job.tiling.batch_size, job.tiling.tile_size, job.compute.tasks_per_gpu)  # as the tasks run
+        load_models(client, model, texts, local=local, warm_up=warm_up)
         resources = {"GPU": gpu_share(job.compute)} if uses_gpus(client) else None
         running = job.compute.tasks_per_gpu if resources else 1  # tasks a worker runs at once
         planned = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s),

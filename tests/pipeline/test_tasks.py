@@ -11,8 +11,8 @@ import zarr
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
-from rsrs.pipeline.resident import ModelRef, release_resident, resident_model, set_recorder
-from rsrs.pipeline.tasks import GROUPS_QUEUED, BatchTask, run_batch
+from rsrs.pipeline.resident import GROUPS_QUEUED, ModelRef, release_resident, resident_model, set_recorder
+from rsrs.pipeline.tasks import BatchTask, run_batch
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
@@ -186,3 +186,21 @@ def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
         else:  # padded to 4: other kernels, float rounding may move a code by one
             assert np.abs(codes.astype(int) - want.numpy()).max() <= 1
         assert gpu_s > 0
+
+
+@pytest.mark.gpu
+def test_gpu_warm_up_pins_every_host_batch_the_tasks_sharing_the_gpu_hold():
+    """After the warm-up for two tasks, two tasks' worth of reads and queued batches pin no new host memory: the
+    run's first reads reuse what the warm-up pinned instead of waiting for fresh pinned blocks."""
+    queries, tasks, shape = ("the pond",), 2, (4, 3, 256, 256)
+    release_resident()
+    resident = resident_model(ModelRef("demo", device="cuda"))
+    resident.warm_up(queries, batch=shape[0], tile=shape[-1], tasks=tasks)
+    pinned_before = torch.cuda.host_memory_stats()["num_host_alloc"]
+    held = [resident.host_batch(shape) for _ in range(tasks * (GROUPS_QUEUED + 1))]  # each task's queued and read
+    queued = [resident.queue_codes(queries, shape[0], rgb) for rgb in held[: tasks * GROUPS_QUEUED]]
+    codes = [q.result()[0] for q in queued]
+    pinned_after = torch.cuda.host_memory_stats()["num_host_alloc"]
+    release_resident()
+    assert len(codes) == tasks * GROUPS_QUEUED and codes[0].shape == (shape[0], 1, 256, 256)
+    assert pinned_after == pinned_before
