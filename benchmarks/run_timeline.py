@@ -6,13 +6,16 @@ the reads of tile groups and the tasks), so the run itself is `rsrs run`'s own c
 scene's lead-in (first task start to the first model batch: the first read), tail (last batch to the last task's
 end: copies back and writes), the time the model lock was held and the gaps between its holds. On a GPU with
 side-stream copies the lock covers only queueing a batch's work, so there the gaps are not idle GPU time; the
-device's own batches (CUDA events read on the host's clock) say when it computed and where it waited.
+device's own batches (CUDA events read on the host's clock) say when it computed and where it waited. The pinned
+host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
+time spent pinning them.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
 
 from __future__ import annotations
 
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -20,15 +23,18 @@ Event = tuple[str, int, float, float, str]  # kind, thread, start, end, first ti
 
 
 class EventLog:
-    """A recorder for the worker's resident model: keeps every event with the thread that saw it."""
+    """A recorder for the worker's resident model: keeps every event with the thread that saw it, and with it the
+    pinned host memory allocated so far (so the run's own pinning can be told from the warm-up's)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.pinned: list[tuple[float, dict[str, float]]] = []  # (when recorded, pinned so far) at each event
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None:
         import threading
 
         self.events.append((kind, threading.get_ident(), start, end, key))
+        self.pinned.append((time.perf_counter(), _pinned_allocations()))
 
 
 _LOG = EventLog()
@@ -42,9 +48,28 @@ def instrument() -> str:
     return "instrumented"
 
 
-def recorded() -> list[Event]:
-    """In the worker: the events recorded so far."""
-    return list(_LOG.events)
+def recorded() -> tuple[list[Event], list[tuple[float, dict[str, float]]]]:
+    """In the worker: the events recorded so far, and the pinned host memory at each and now."""
+    return list(_LOG.events), [*_LOG.pinned, (time.perf_counter(), _pinned_allocations())]
+
+
+def pinned_since(snapshots: list[tuple[float, dict[str, float]]], begin: float) -> dict[str, float]:
+    """Pinned host memory allocated after ``begin`` (the first task's start): from the last event recorded before
+    it (the end of the model's warm-up) to the last snapshot."""
+    before = [pinned for when, pinned in snapshots if when < begin]
+    first, last = before[-1] if before else {}, snapshots[-1][1]
+    return {k: round(v - first.get(k, 0), 4) for k, v in last.items()}
+
+
+def _pinned_allocations() -> dict[str, float]:
+    """Blocks torch's pinned host allocator has pinned, and the seconds it spent pinning them (none off a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.host_memory_stats()
+    blocks, microseconds = stats.get("num_host_alloc", 0), stats.get("host_alloc_time.total", 0)  # torch >= 2.6
+    return {"pinned_blocks_allocated": blocks, "pinned_alloc_s": microseconds / 1e6}
 
 
 def summarise(events: list[Event]) -> dict:
@@ -92,5 +117,9 @@ def timed_run(job: Path) -> tuple[dict, dict]:
     with dask_client(load_job(job).compute) as client:
         client.run(instrument)
         report = run_job(job, scheduler=client.scheduler.address, progress=False)
-        events = [e for worker in client.run(recorded).values() for e in worker]
-    return report, summarise(events)
+        workers = client.run(recorded).values()
+    events = [e for worker_events, _ in workers for e in worker_events]
+    begin = min(e[2] for e in events if e[0] == "task")
+    during = [pinned_since(snapshots, begin) for _, snapshots in workers]
+    pinned = {k: sum(p.get(k, 0) for p in during) for k in ("pinned_blocks_allocated", "pinned_alloc_s")}
+    return report, summarise(events) | {"pinned_during_the_tasks": pinned}
