@@ -27,6 +27,7 @@ import importlib.util
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import rasterio
 import torch
@@ -38,6 +39,7 @@ from benchmarks.run_timeline import timed_run
 from rsrs.model import accelerate, batch_predictor, get_model_config, load_model
 from rsrs.pipeline.resident import stored_codes
 from rsrs.workflows import run_job
+from rsrs.workflows.job import Compute
 
 QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest field", "vehicles", "tennis courts"]
 
@@ -111,6 +113,9 @@ def main() -> None:
     parser.add_argument("--name", default="run_gpu", help="result file name under benchmarks/results/")
     args = parser.parse_args()
     tasks_per_gpu = [int(t) for t in args.tasks_per_gpu.split(",")]  # the first is the headline's
+    allowed = get_args(Compute.model_fields["tasks_per_gpu"].annotation)  # checked now, not after the first run
+    if not set(tasks_per_gpu) <= set(allowed):
+        parser.error(f"--tasks-per-gpu: each of {args.tasks_per_gpu} must be one of {allowed}")
     result: dict = {
         "preset": args.preset,
         **device_info(),
