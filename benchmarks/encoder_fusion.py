@@ -8,9 +8,10 @@ each attention layer runs. ``--trace`` writes a chrome trace of one un-graphed `
 (``trace.json`` -> ``trace.eager.json``, ...; a ``.json.gz`` name is compressed) and the result lists each
 variant's top device operators.
 
-Variants: eager always; ``--fused``: fused SAM attention; ``--compile``: compiled encoders with stock attention,
-and fused + compiled with ``--fused``; ``--fp8``: float8 linear layers (H100/H200), uncompiled and compiled. A variant's
-figures are saved as soon as it is measured.
+Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
+``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
+``--fused``; ``--fp8``: float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are
+saved as soon as it is measured.
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
@@ -35,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks._common import device_info, timed, write_result
 from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
+from rsrs.model.fused_attention import KERNELS
 from rsrs.pipeline.resident import stored_codes
 
 QUERY = "the red-roofed buildings"
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=5, help="timed calls per measurement (after 2 warm-up calls)")
     parser.add_argument("--fused", action="store_true", help="time fused SAM attention")
+    parser.add_argument("--kernel", default="channels", choices=KERNELS, help="with --fused: SAM's attention kernel")
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
     parser.add_argument("--fp8", action="store_true", help="time float8 linear layers, uncompiled and compiled")
     parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
@@ -133,14 +136,17 @@ def demo_tiles_and_queries(scene: Path, tile: int = 256) -> tuple[torch.Tensor, 
 
 
 def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
-    """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first."""
+    """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first.
+
+    'compiled' keeps transformers' attention and convolutions; the fused variants add SAM's fused attention and
+    the patch matmuls, as ``accelerate`` does by default."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     if args.fused:
-        variants.append(("fused", {"compile": False, "fused_attention": True}))
+        variants.append(("fused", {"compile": False, "fused_attention": args.kernel}))
     if args.compile:
-        variants.append(("compiled", {}))
+        variants.append(("compiled", {"fused_attention": False, "patch_matmuls": False}))
         if args.fused:
-            variants.append(("fused_compiled", {"fused_attention": True}))
+            variants.append(("fused_compiled", {"fused_attention": args.kernel}))
     if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
         variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     return variants

@@ -5,14 +5,15 @@ worker. Reports: pipeline tiles/s (tiles computed / scene wall time, model alrea
 on in-memory tiles of the same size and batch: eager ``predict``, and the workers' own function (uint8 codes,
 CUDA graphs), the faster of the two counting), their ratio (goal >= 0.9), and the pipeline time with
 5 queries against 1, and MFU (model FLOPs per tile x tiles/s over the H200's dense bf16 peak, 790 TFLOP/s).
-``--compile`` and ``--precision fp8`` set the job's ``model.compile`` / ``model.precision`` and accelerate the
-model-only function the same way. ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events
-around each batch's work, copies excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is
-dask-cuda's LocalCUDACluster when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says
-which). ``--tasks-per-gpu 2,4`` runs the pipeline with each ``compute.tasks_per_gpu`` (keys of the second carry a
-suffix). ``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and
-adds where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the
-reads, each task's window, and when the GPU computed batches and where it idled (its longest gaps, with when).
+``--compile`` and ``--precision fp8`` set the job's ``model.compile`` / ``model.precision``; the model-only
+function is accelerated as the workers accelerate theirs (``rsrs.pipeline.resident.accelerate_as_asked``).
+``worker_model_s`` is the GPU time of the worker's model batches (CUDA events around each batch's work, copies
+excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is dask-cuda's LocalCUDACluster
+when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says which).
+``--tasks-per-gpu 2,4`` runs the pipeline with each ``compute.tasks_per_gpu`` (keys of the second carry a suffix).
+``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and adds
+where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the reads,
+each task's window, and when the GPU computed batches and where it idled (its longest gaps, with when).
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
                          [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]
@@ -36,8 +37,8 @@ import yaml
 from benchmarks._common import PEAK_BF16_TFLOPS, device_info, flops_per_tile, timed, write_result
 from benchmarks.run_rss import write_scene
 from benchmarks.run_timeline import timed_run
-from rsrs.model import accelerate, batch_predictor, get_model_config, load_model
-from rsrs.pipeline.resident import stored_codes
+from rsrs.model import batch_predictor, get_model_config, load_model
+from rsrs.pipeline.resident import ModelRef, accelerate_as_asked, stored_codes
 from rsrs.workflows import run_job
 from rsrs.workflows.job import Compute
 
@@ -156,8 +157,7 @@ def main() -> None:
         texts = model.encode_texts(QUERIES[:1])
         # host tiles in, host out: eager float32 probabilities, and the workers' uint8 codes (CUDA graphs on a GPU)
         eager = args.batch / timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)
-        if args.compile or args.precision == "fp8":  # as the workers do (rsrs.pipeline.resident)
-            accelerate(model, compile=args.compile, fp8=args.precision == "fp8")
+        accelerate_as_asked(model, ModelRef(str(model_config), compile=args.compile, precision=args.precision))
         codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
         same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)
     model_only = max(eager, same_fn)  # the ratio is taken against the faster of the two

@@ -1,4 +1,5 @@
-"""Fast inference for a built model: fused SAM attention, SDPA attention, compiled image encoders, optional FP8.
+"""Fast inference for a built model: fused SAM attention, SDPA attention, patch embeddings as matmuls, compiled
+image encoders, optional FP8.
 
 Everything acts on the module types it finds inside any ``nn.Module`` (SAM ViT and SAM 2 Hiera image encoders,
 SigLIP and SigLIP2 vision towers), so it applies to RSRefSeg and RSRefSeg 2 alike without knowing which, and
@@ -31,7 +32,8 @@ from transformers.models.sam2.modeling_sam2 import Sam2HieraDetModel, Sam2MultiS
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipVisionModel
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Attention, Siglip2VisionModel
 
-from rsrs.model.fused_attention import fuse_sam_attention, is_fused
+from rsrs.model.fused_attention import Kernel, fuse_sam_attention, is_fused
+from rsrs.model.patch_embedding import patch_convolutions_as_matmuls
 
 #: The image encoders :func:`accelerate` compiles (the outermost one where they nest).
 IMAGE_ENCODER_TYPES: tuple[type[nn.Module], ...] = (
@@ -52,16 +54,19 @@ def accelerate(
     model: nn.Module,
     *,
     compile: bool = True,
-    fused_attention: bool = False,
+    fused_attention: bool | Kernel = True,
+    patch_matmuls: bool = True,
     fp8: bool = False,
     mode: str = "default",
 ) -> nn.Module:
     """``model`` made fast for inference, in place (and returned); its outputs stay eager's up to rounding.
 
     Always: attention layers configured 'eager' switch to 'sdpa' (:func:`use_sdpa_attention`).
-    ``fused_attention``: SAM ViT attention with its relative positions inside one kernel (rsrs.model.fused_attention).
-    Off by default: on an H200 its FlexAttention kernel ran rsrefseg-b at 41 tiles/s eager and 45 compiled, against
-    74 and 161 with transformers' own SDPA attention (benchmarks/results/encoder_fusion_rsrefseg-b.json).
+    ``fused_attention``: SAM ViT attention with its relative positions inside one kernel (rsrs.model.fused_attention;
+    True for its default 'channels' kernel, or a kernel's name).
+    ``patch_matmuls``: the image encoders' patch-embedding convolutions as one matmul (rsrs.model.patch_embedding).
+    With both, on an H200, rsrefseg-b's ``encode_images`` ran at 138 tiles/s against 73 eager, and 185 against 158
+    compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
     ``fp8``: the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers, off
     by default.
     ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.
@@ -77,10 +82,14 @@ def accelerate(
         fp8_image_encoders(model)
     use_sdpa_attention(model)
     if fused_attention:
-        fuse_sam_attention(model)
+        fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))
+    encoders = image_encoders(model).values()
+    if patch_matmuls:
+        for encoder in encoders:
+            patch_convolutions_as_matmuls(encoder)
     if compile:
         use_compile_cache()
-        for encoder in image_encoders(model).values():
+        for encoder in encoders:
             encoder.compile(mode=mode, dynamic=False)
     return model
 

@@ -7,9 +7,18 @@ transformers' ``SamVisionAttention`` (and its SDPA subclass) scores a query at (
 where Rh, Rw are its per-axis embedding tables resized to the window. It materialises the last two terms as a
 B x heads x N x N bias (N = 4096 tokens in SAM-B's global layers at 1024 px) and adds it outside the attention
 kernel; in bf16 eager most of SAM ViT's time goes to that element-wise work. Here the terms stay two small
-per-query tables, ``rel_h``: B x heads x N x H and ``rel_w``: B x heads x N x W, which FlexAttention's
-``score_mod`` adds to each score inside its fused kernel. Where flex cannot run (the CPU, gradients) the same
-tables are summed into the bias for SDPA, as transformers does.
+per-query tables, ``rel_h``: B x heads x N x H and ``rel_w``: B x heads x N x W, and one of three kernels adds
+them to the scores:
+
+- 'channels' (the default): the tables become extra query channels, met by one-hot key channels,
+  q' = [scale * q, rel_h, rel_w] and k' = [k, onehot(key row), onehot(key column)], so that
+  q'.k' = scale * q.k + rel_h[q, ky] + rel_w[q, kx] exactly and SDPA runs without a mask on its fused kernels
+  (cuDNN on an H200), gradients and dropout included. The wider query/key costs matmul work, which tensor cores
+  do cheaply, where the bias cost memory traffic: on an H200, compiled, a global layer of 32 images takes 7.4 ms
+  against 11.5 for transformers' layer, a windowed one 2.6 against 3.3 (benchmarks/results/sam_attention.json);
+- 'flex': FlexAttention's ``score_mod`` adds them to each score inside its fused kernel. Its per-score loads
+  from the tables made it about 8x slower than transformers' layer on the H200 (same file); kept to compare;
+- 'sdpa': the tables are summed into the bias for SDPA, as transformers does.
 
 Applied after construction (STYLE rule 4): each attention layer's ``forward`` is replaced on the instance; its
 parameters, their names, LoRA adapters on ``qkv``/``proj`` and the ``get_rel_pos`` it uses stay as they are.
@@ -31,16 +40,17 @@ try:
 except ImportError:  # torch < 2.5
     flex_attention = None
 
-Kernel = Literal["auto", "flex", "sdpa"]
-KERNELS: tuple[Kernel, ...] = ("auto", "flex", "sdpa")
+Kernel = Literal["channels", "flex", "sdpa"]
+KERNELS: tuple[Kernel, ...] = ("channels", "flex", "sdpa")
 
 
-def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "auto") -> int:
+def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "channels") -> int:
     """Give every SAM ViT attention layer in ``model`` the fused forward; returns how many layers it changed.
 
-    ``kernel``: 'flex' (FlexAttention with the relative positions in its ``score_mod``), 'sdpa' (SDPA with the
-    bias built from the same tables) or 'auto': flex on CUDA when no gradient is needed, else sdpa. Windowed and
-    global layers alike; layers already fused are set to ``kernel``.
+    ``kernel``: 'channels' (the relative positions as extra query/key channels of a maskless SDPA), 'flex'
+    (FlexAttention with them in its ``score_mod``; SDPA with the bias where it cannot run) or 'sdpa' (SDPA with
+    the bias built from the same tables). Windowed and global layers alike; layers already fused are set to
+    ``kernel``.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -77,11 +87,13 @@ def fused_sam_attention_forward(
         out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
     else:
         rel_h, rel_w = relative_position_tables(self, query, height=H, width=W)
-        if _flex_runs(self, query):
+        dropout = self.dropout if self.training else 0.0
+        if self.fused_kernel == "channels":
+            out = _sdpa_with_position_channels(query, key, value, rel_h, rel_w, scale=self.scale, dropout=dropout)
+        elif _flex_runs(self, query):
             out = _flex_with_relative_positions(query, key, value, rel_h, rel_w, scale=self.scale)
         else:
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, H * W, H * W)  # key index ky*W + kx
-            dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=self.scale)
     out = out.transpose(1, 2).reshape(B, H, W, -1)  # B x H x W x heads*d, heads side by side per token
     return self.proj(out), None
@@ -106,15 +118,39 @@ def relative_position_tables(
 
 
 def _flex_runs(layer: SamVisionAttention, query: torch.Tensor) -> bool:
-    """Whether this call goes to FlexAttention: asked for, or 'auto' on CUDA when nothing needs a gradient.
-
-    Flex has no attention dropout and (in torch 2.11) no CPU backward; SDPA takes those calls.
-    """
-    if layer.fused_kernel == "sdpa" or (layer.training and layer.dropout > 0):
+    """Whether this call goes to FlexAttention: asked for, and neither attention dropout nor a gradient on the CPU,
+    which flex (torch 2.11) lacks; SDPA with the bias takes those calls."""
+    if layer.fused_kernel != "flex" or (layer.training and layer.dropout > 0):
         return False
-    if layer.fused_kernel == "flex":
-        return True
-    return flex_attention is not None and query.is_cuda and not (torch.is_grad_enabled() and query.requires_grad)
+    return query.is_cuda or not (torch.is_grad_enabled() and query.requires_grad)
+
+
+def _sdpa_with_position_channels(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    *,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
+    """Maskless SDPA whose scores gain rel_h[q, key row] + rel_w[q, key column] through extra channels.
+
+    query, key, value: B x heads x N x d; rel_h: B x heads x N x H; rel_w: B x heads x N x W  ->  B x heads x N x d.
+    The query is scaled before SDPA (scale 1), as transformers' eager SAM attention does; query and key channels
+    are padded with zeros to a multiple of 8, which the fused kernels need.
+    """
+    B, heads, N, d = query.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    token = torch.arange(N, device=key.device)
+    key_row = (token[:, None] // width == torch.arange(height, device=key.device)).to(key.dtype)  # N x H one-hot
+    key_column = (token[:, None] % width == torch.arange(width, device=key.device)).to(key.dtype)  # N x W one-hot
+    pad = -(d + height + width) % 8
+    query = torch.cat([query * scale, rel_h, rel_w, query.new_zeros(B, heads, N, pad)], dim=-1)  # ... x N x d'
+    key_channels = torch.cat([key_row, key_column, key.new_zeros(N, pad)], dim=-1).expand(B, heads, N, -1)
+    key = torch.cat([key, key_channels], dim=-1)  # B x heads x N x d'
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=1.0)
 
 
 def _flex_with_relative_positions(

@@ -22,6 +22,7 @@ from rsrs.model.acceleration import (
     use_compile_cache,
     use_sdpa_attention,
 )
+from rsrs.model.patch_embedding import is_patch_matmul
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
 
@@ -87,11 +88,23 @@ def test_accelerate_without_compile_leaves_predict_equal():
     torch.testing.assert_close(model.predict(tiles, text), reference.predict(tiles, text))
 
 
-def test_accelerate_puts_every_attention_layer_on_sdpa_or_the_fused_kernel_when_asked():
+def test_accelerate_puts_sam_on_the_fused_channels_kernel_and_the_rest_on_sdpa_unless_told_otherwise():
     model = accelerate(load_model("tiny", device="cpu"), compile=False)
+    assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: fused channels": 2}
+    model = accelerate(load_model("tiny", device="cpu"), compile=False, fused_attention="flex")
+    assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: fused flex": 2}
+    model = accelerate(load_model("tiny", device="cpu"), compile=False, fused_attention=False)
     assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: sdpa": 2}
-    model = accelerate(load_model("tiny", device="cpu"), compile=False, fused_attention=True)
-    assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: fused auto": 2}
+
+
+@pytest.mark.parametrize("patch_matmuls", [True, False])
+def test_accelerate_computes_the_encoders_patch_embeddings_as_matmuls_unless_told_not_to(patch_matmuls):
+    model = accelerate(load_model("tiny", device="cpu"), compile=False, patch_matmuls=patch_matmuls)
+    patch_embeddings = [model.sam.vision_encoder.patch_embed.projection, model.siglip.vision_model.embeddings]
+    patch_embeddings[1] = patch_embeddings[1].patch_embedding
+    assert [is_patch_matmul(conv) for conv in patch_embeddings] == [patch_matmuls] * 2
+    others = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m not in patch_embeddings]
+    assert len(others) > 10 and not any(is_patch_matmul(m) for m in others)  # SAM's neck, the prompter's, ...
 
 
 def test_image_encoders_are_found_by_type_outermost_first():

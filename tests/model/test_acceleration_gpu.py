@@ -45,8 +45,8 @@ def demo_cuda():
 def test_fused_rsrefseg_b_encodes_and_decodes_like_eager_within_bf16(rsrefseg_b, compile):
     tiles = random_tiles(0, batch=2, height=1024, width=1024).cuda()
     text = rsrefseg_b.encode_texts(["the red-roofed buildings", "ponds"])
-    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile, fused_attention=True)
-    assert "SamVisionSdpaAttention: fused auto" in attention_kernels(fast)
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile)
+    assert "SamVisionSdpaAttention: fused channels" in attention_kernels(fast)
     with torch.inference_mode():
         expected = rsrefseg_b.encode_images(tiles)
         got = fast.encode_images(tiles)
@@ -55,6 +55,26 @@ def test_fused_rsrefseg_b_encodes_and_decodes_like_eager_within_bf16(rsrefseg_b,
     assert relative_error(got.sam, expected.sam) < 2e-2
     assert relative_error(got.siglip, expected.siglip) < 2e-2
     assert relative_error(got_logits, expected_logits) < 3e-2
+
+
+def test_fused_sam_attention_runs_on_a_fused_sdpa_kernel_not_the_math_fallback(rsrefseg_b):
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=False)  # relative positions as query/key channels
+    pixels = torch.rand(2, 3, 1024, 1024, device="cuda", dtype=torch.bfloat16)
+    fused = [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION]
+    with torch.inference_mode(), sdpa_kernel(fused):  # raises if only the math fallback could take a layer
+        tokens = fast.sam.vision_encoder(pixel_values=pixels).last_hidden_state
+    assert tokens.shape == (2, 256, 64, 64) and torch.isfinite(tokens).all()
+
+
+def test_patch_matmuls_embed_like_the_convolutions_within_bf16(rsrefseg_b):
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=False, fused_attention=False)
+    with torch.inference_mode():
+        for size, embed, reference in [
+            (1024, fast.sam.vision_encoder.patch_embed, rsrefseg_b.sam.vision_encoder.patch_embed),
+            (384, fast.siglip.vision_model.embeddings, rsrefseg_b.siglip.vision_model.embeddings),
+        ]:
+            pixels = torch.rand(2, 3, size, size, device="cuda", dtype=torch.bfloat16)
+            assert relative_error(embed(pixels), reference(pixels)) < 1e-2
 
 
 def test_siglip_vision_tower_runs_on_flash_attention(rsrefseg_b):

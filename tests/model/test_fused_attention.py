@@ -34,7 +34,7 @@ def tiny_sam_attention(cls: type[SamVisionAttention], *, window_size: int) -> Sa
     return layer
 
 
-@pytest.mark.parametrize("kernel", ["flex", "sdpa"])
+@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])
 @pytest.mark.parametrize("reference", [SamVisionAttention, SamVisionSdpaAttention])
 @pytest.mark.parametrize(("window_size", "shape"), [(8, (6, 8, 8)), (0, (2, 16, 16)), (0, (2, 6, 10))])
 def test_fused_attention_equals_transformers_sam_attention(kernel, reference, window_size, shape):
@@ -62,20 +62,21 @@ def test_fused_attention_without_relative_positions_equals_transformers():
         torch.testing.assert_close(fused(hidden)[0], layer(hidden)[0])
 
 
-def test_fused_attention_gradients_equal_transformers():
+@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])  # flex: SDPA takes a gradient on the CPU
+def test_fused_attention_gradients_equal_transformers(kernel):
     layer = tiny_sam_attention(SamVisionSdpaAttention, window_size=8)
     fused = copy.deepcopy(layer)
-    fuse_sam_attention(fused)  # 'auto': SDPA on the CPU, and wherever a gradient is needed
+    fuse_sam_attention(fused, kernel=kernel)
     hidden = torch.randn(4, 8, 8, layer.qkv.in_features, generator=torch.Generator().manual_seed(3))
     for module in (layer, fused):
         module(hidden)[0].square().sum().backward()
     for name in ("qkv.weight", "proj.weight", "rel_pos_h", "rel_pos_w"):
         expected, got = layer.get_parameter(name).grad, fused.get_parameter(name).grad
         assert expected.abs().sum() > 0
-        torch.testing.assert_close(got, expected, msg=name)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4, msg=name)  # gradients up to 33: sum order
 
 
-@pytest.mark.parametrize("kernel", ["flex", "sdpa"])
+@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])
 def test_fused_tiny_sam_vision_encoder_equals_unfused(kernel):
     model = load_model("tiny", device="cpu")  # SAM's windowed and global layers, LoRA on qkv and proj
     randomise_relative_positions(model, seed=4)

@@ -123,16 +123,17 @@ def test_a_recorder_sees_each_batch_on_the_device_inside_its_turn_and_each_read(
     assert sum(e - s for s, e in by_kind["device"]) == pytest.approx(result.model_s)
 
 
-def test_a_compiled_model_ref_compiles_the_image_encoders_on_sdpa_attention(finisher_kind):
-    """model.compile reaches the worker's model: set up before the first batch (which compiles), never after.
-    SAM keeps transformers' SDPA attention: the fused FlexAttention kernel measured slower on an H200."""
+def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention(finisher_kind):
+    """model.compile reaches the worker's model: set up before the first batch (which compiles), never after,
+    with SAM's relative positions as attention channels. A CPU worker without compile keeps the model as loaded."""
     resident = finisher_kind("threads", ModelRef("tiny", device="cpu", compile=True))
     sam = {kernel for kernel in attention_kernels(resident.model) if kernel.startswith("SamVision")}
-    assert sam == {"SamVisionSdpaAttention: sdpa"}, sam
+    assert sam == {"SamVisionSdpaAttention: fused channels"}, sam
     encoders = image_encoders(resident.model).values()
     assert len(encoders) == 2 and all(encoder._compiled_call_impl is not None for encoder in encoders)
     plain = finisher_kind("threads", ModelRef("tiny", device="cpu"))
     assert all(encoder._compiled_call_impl is None for encoder in image_encoders(plain.model).values())
+    assert "SamVisionSdpaAttention: sdpa" in attention_kernels(plain.model)
 
 
 @pytest.mark.slow  # compiling the tiny encoders on a 2-core CPU takes minutes
