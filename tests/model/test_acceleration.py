@@ -100,8 +100,10 @@ def test_accelerate_puts_sam_on_the_fused_channels_kernel_and_the_rest_on_sdpa_u
 @pytest.mark.parametrize("patch_matmuls", [True, False])
 def test_accelerate_computes_the_encoders_patch_embeddings_as_matmuls_unless_told_not_to(patch_matmuls):
     model = accelerate(load_model("tiny", device="cpu"), compile=False, patch_matmuls=patch_matmuls)
-    patch_embeddings = [model.sam.vision_encoder.patch_embed.projection, model.siglip.vision_model.embeddings]
-    patch_embeddings[1] = patch_embeddings[1].patch_embedding
+    patch_embeddings = [
+        model.sam.vision_encoder.patch_embed.projection,
+        model.siglip.vision_model.embeddings.patch_embedding,
+    ]
     assert [is_patch_matmul(conv) for conv in patch_embeddings] == [patch_matmuls] * 2
     others = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m not in patch_embeddings]
     assert len(others) > 10 and not any(is_patch_matmul(m) for m in others)  # SAM's neck, the prompter's, ...
