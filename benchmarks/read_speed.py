@@ -58,6 +58,16 @@ def scene_reader(scene: Scene, task: Batches, *, threads: int = IO_THREADS) -> I
             yield reader.read([t.read for t in tiles])
 
 
+def reading_machine() -> dict:
+    """The CPU and GDAL that decode the tiles, and GDAL's decoding threads."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gdal": rasterio.__gdal_version__,
+        "gdal_num_threads": GDAL_ENV["GDAL_NUM_THREADS"],
+    }
+
+
 def ms_per_tile(read: Reader, scene: Scene, tasks: list[Batches], *, at_once: int = 1) -> tuple[float, float]:
     """Wall and CPU (all threads of this process) milliseconds per tile to read ``tasks``, ``at_once`` at a time."""
     for _ in read(scene, tasks[0]):  # warm: imports, GDAL drivers
@@ -86,13 +96,10 @@ def main() -> None:
     parser.add_argument("--name", default="read_speed", help="result file name under benchmarks/results/")
     args = parser.parse_args()
     result: dict = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gdal": rasterio.__gdal_version__,
+        **reading_machine(),
         "io_threads": IO_THREADS,
         "reader_threads": args.reader_threads,
         "tasks_at_once": args.tasks_at_once,
-        "gdal_num_threads": GDAL_ENV["GDAL_NUM_THREADS"],
         "scene_px": args.size,
         "tile_size": args.tile_size,
         "overlap": args.overlap,

@@ -8,7 +8,8 @@ end: copies back and writes), the time the model lock was held and the gaps betw
 side-stream copies the lock covers only queueing a batch's work, so there the gaps are not idle GPU time; the
 device's own batches (CUDA events read on the host's clock) say when it computed and where it waited. The pinned
 host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
-time spent pinning them.
+time spent pinning them, and every event as one line (``events``: reads, model turns, the device's batches, tasks
+and each task's final wait for its finishers, ``finishing``).
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
@@ -104,7 +105,19 @@ def summarise(events: list[Event]) -> dict:
         "read_s_mean": round(sum(e[3] - e[2] for e in reads) / len(reads), 4),
         "read_s_max": round(max(e[3] - e[2] for e in reads), 4),
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
+        "events": _event_lines(events, begin),
     }
+
+
+def _event_lines(events: list[Event], begin: float) -> list[str]:
+    """Every event of the job as one line, by start: 'kind thread start-end key' (seconds from the first task's
+    start, threads numbered by first appearance), to see afterwards which waits made the lead-in and the tail."""
+    threads: dict[int, int] = {}
+    lines = []
+    for kind, thread, start, end, key in sorted((e for e in events if e[2] >= begin), key=lambda e: e[2]):
+        t = threads.setdefault(thread, len(threads))
+        lines.append(f"{kind} t{t} {start - begin:.3f}-{end - begin:.3f} {key}".rstrip())
+    return lines
 
 
 def timed_run(job: Path) -> tuple[dict, dict]:

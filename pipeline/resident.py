@@ -5,6 +5,8 @@ batch predictors (CUDA graphs on a GPU, see :func:`rsrs.model.batch_predictor`) 
 (:mod:`rsrs.pipeline.finisher`). Two tasks may share one GPU (each asks for half of it), so one reads while the
 other runs the model; the model's lock keeps it to one batch at a time. On a GPU the lock is held only while a
 batch's work is queued: tiles go up and codes come down on a side stream, overlapping the other task's batch.
+While the GPU has no batch, the process's reads of local files take turns (:mod:`rsrs.pipeline.read_gate`): the
+next batch is read soonest.
 
 A benchmark may set a :class:`Recorder` (:func:`set_recorder`) to see the model's turns, the batches on the device,
 reads and tasks on a timeline.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,6 +25,8 @@ import numpy as np
 
 from rsrs.pipeline.finisher import Finisher, FinisherKind, finisher_kind
 from rsrs.pipeline.mosaic import quantise
+from rsrs.pipeline.read_gate import ReadGate
+from rsrs.pipeline.scenes import Scene, read_from_local_files
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +142,8 @@ class ResidentModel:
         self._text: TextFeatures | None = None
         self._predictors: dict[int, BatchFn] = {}  # by batch size, for the current queries
         self._clock: DeviceClock | None = None  # made when a timeline first needs it
+        self._last_batch: torch.cuda.Event | None = None  # the end of the last batch queued on the GPU
+        self._read_gate = ReadGate(self._gpu_starved)
 
     @property
     def device(self) -> torch.device:
@@ -232,6 +238,7 @@ class ResidentModel:
             began.record(main)
             codes = predict(images)  # B x Q x T x T uint8, on the GPU
             ended.record(main)
+            self._last_batch = ended
         side.wait_event(ended)
         with torch.cuda.stream(side):
             host_out = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
@@ -249,6 +256,16 @@ class ResidentModel:
             if self._clock is None:
                 self._clock = DeviceClock(self.device)
             return self._clock
+
+    def read_turn(self, scene: Scene) -> AbstractContextManager[None]:
+        """A task's turn to read tiles of ``scene``: from local files, one read at a time while the GPU has no batch
+        (:mod:`rsrs.pipeline.read_gate`); over a network, where reads wait on it and not on the CPU, at once."""
+        return self._read_gate.turn() if read_from_local_files(scene) else nullcontext()
+
+    def _gpu_starved(self) -> bool:
+        """Whether this process's GPU has no batch queued or running (never off a GPU: reads there are not gated)."""
+        last = self._last_batch
+        return self.device.type == "cuda" and (last is None or last.query())
 
     @contextmanager
     def turn(self) -> Iterator[None]:

@@ -103,6 +103,11 @@ def _is_local(path: str) -> bool:
     return not path.startswith("/vsi") and urlparse(path).scheme in ("", "file")
 
 
+def read_from_local_files(scene: Scene) -> bool:
+    """Whether every band of ``scene`` is a local file: reading it then waits on decoding (the CPU), not a network."""
+    return all(_is_local(band.href) for band in scene.bands)
+
+
 def safe_id(text: str) -> str:
     """``text`` reduced to characters safe in a Zarr group and a file name (letters, digits, ``._-``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")

@@ -118,10 +118,11 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
                 finishing += _hand_over(resident, task, queued.popleft(), result)
         while queued:  # the groups read before the last one (or before a failed read) are finished too
             finishing += _hand_over(resident, task, queued.popleft(), result)
-    for done in finishing:
-        polygons, seconds = done.result()
-        result.polygons.append(polygons)
-        result.write_s += seconds
+    with resident.timed("finishing", task.tiles[-1].key if task.tiles else ""):  # the task's last writes
+        for done in finishing:
+            polygons, seconds = done.result()
+            result.polygons.append(polygons)
+            result.write_s += seconds
     result.skipped = sum(t.skipped for t in result.polygons)
     result.computed = len(result.polygons) - result.skipped
     return result
@@ -169,11 +170,12 @@ def _hand_over(
 def _read_group(
     resident: ResidentModel, scene_reader: SceneReader, tiles: Sequence[Tile]
 ) -> tuple[tuple[np.ndarray, np.ndarray], float]:
-    """Read tiles' windows: (B x 3 x T x T uint8, B x T x T bool), seconds."""
-    start = time.perf_counter()
-    with resident.timed("read", tiles[0].key):
-        batch = scene_reader.read([t.read for t in tiles])
-    return batch, time.perf_counter() - start
+    """Read tiles' windows in the worker's read turn: (B x 3 x T x T uint8, B x T x T bool), seconds."""
+    with resident.read_turn(scene_reader.scene):
+        start = time.perf_counter()
+        with resident.timed("read", tiles[0].key):
+            batch = scene_reader.read([t.read for t in tiles])
+        return batch, time.perf_counter() - start
 
 
 def finish_tile(task: BatchTask, tile: Tile, codes: np.ndarray | None) -> tuple[TilePolygons, float]:

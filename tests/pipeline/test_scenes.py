@@ -2,6 +2,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from rsrs.pipeline.scenes import (
     deduplicate_ids,
     expand_paths,
     gdal_path,
+    read_from_local_files,
     safe_id,
     scene_from_raster,
     scenes_from_paths,
@@ -154,6 +156,14 @@ def test_urls_map_to_gdal_virtual_file_systems():
     assert gdal_path("s3://bucket/k/x.tif") == "/vsis3/bucket/k/x.tif"
     assert gdal_path("file:///data/x.tif") == "/data/x.tif"
     assert gdal_path("data/x.tif") == "data/x.tif"
+
+
+def test_a_scene_reads_from_local_files_only_when_every_band_is_one(tmp_path):
+    local = scene_from_raster(str(write_geotiff(tmp_path / "s.tif", shape=(40, 40))))
+    assert read_from_local_files(local)
+    for href in ("https://h/x.tif", "s3://bucket/x.tif"):
+        remote_band = replace(local.bands[0], href=gdal_path(href))
+        assert not read_from_local_files(replace(local, bands=(local.bands[0], remote_band, local.bands[2])))
 
 
 def test_cog_over_http_with_range_requests(tmp_path):

@@ -1,5 +1,6 @@
 """The body of a `rsrs run` task: device-side quantisation, finishing tiles in threads or processes, read failures."""
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -205,3 +206,34 @@ def test_gpu_warm_up_pins_every_host_batch_the_tasks_sharing_the_gpu_hold():
     release_resident()
     assert len(codes) == tasks * GROUPS_QUEUED and codes[0].shape == (shape[0], 1, 256, 256)
     assert pinned_after == pinned_before
+
+
+@pytest.mark.gpu
+def test_gpu_reads_take_turns_until_a_batch_is_queued_and_again_once_it_is_done(tmp_path):
+    """With nothing on the GPU, a second read waits for the one reading; a queued batch lets it through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries, shape = ("the pond",), (4, 3, 256, 256)
+    release_resident()
+    resident = resident_model(ModelRef("demo", device="cuda"))
+    resident.warm_up(queries, batch=shape[0], tile=shape[-1])
+    second_read = threading.Event()
+
+    scene = _task(tmp_path, resident.spec).scene  # a local file
+
+    def read() -> None:
+        with resident.read_turn(scene):
+            second_read.set()
+
+    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # the first read, alone: the GPU has nothing
+        pool.submit(read)
+        assert not second_read.wait(0.2)
+        torch.cuda._sleep(2_000_000_000)  # about a second of GPU work ahead of the batch, so it stays queued
+        queued = resident.queue_codes(queries, shape[0], np.zeros(shape, np.uint8))
+        assert second_read.wait(0.5)  # the GPU has a batch: reads overlap
+    queued.result()
+    second_read.clear()
+    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # every batch done: alone again
+        pool.submit(read)
+        assert not second_read.wait(0.2)
+    release_resident()

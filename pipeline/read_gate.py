@@ -1,0 +1,39 @@
+"""Reads that take turns while the GPU waits for them.
+
+A run starts all the tasks sharing a GPU at once, and each first reads a group of tiles. Decoding is bound by the
+CPU, so reads that run together share the cores and every first group is ready late: on an H200 machine's 16 cores
+(``benchmarks/results/reads_at_once.json``) four tasks' first groups took 0.25-0.30 s read together, against
+0.11-0.14 s for one read alone; and with four reads' threads running, the task whose group was ready then waited
+a further 0.36 s to queue it on the GPU. So while the GPU has nothing queued, a worker's reads go one at a time: the
+next batch comes soonest. Once a batch is queued, reads overlap again: read one at a time they finish about 12%
+later in all, which while the GPU computes would only cost throughput.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+#: How often a read that waits for its turn asks whether the GPU still waits for work (seconds).
+POLL_S = 0.005
+
+
+class ReadGate:
+    """Lets one read at a time through while ``starved()`` says the device has nothing queued, all reads otherwise."""
+
+    def __init__(self, starved: Callable[[], bool]) -> None:
+        self._starved = starved
+        self._alone = threading.Lock()  # held by the read that runs alone
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait while the device starves and another read runs alone; then read (alone if it still starves)."""
+        while self._starved():
+            if self._alone.acquire(timeout=POLL_S):
+                try:
+                    yield
+                finally:
+                    self._alone.release()
+                return
+        yield
