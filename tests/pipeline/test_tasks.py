@@ -213,7 +213,28 @@ def test_gpu_reads_take_turns_until_a_batch_is_queued_and_again_once_it_is_done(
     """With nothing on the GPU, a second read waits for the one reading; a queued batch lets it through."""
     from concurrent.futures import ThreadPoolExecutor
 
-    queries, shape = ("the pond",), (4, 3, 256, 256)
+    queries, shape = ("the pond",), (32, 3, 1024, 1024)  # a batch the GPU takes a while over
+    scene = _task(tmp_path / "t", ModelRef("demo", device="cuda")).scene  # a local file
+    release_resident()
+    resident = resident_model(ModelRef("demo", device="cuda"))
+    resident.warm_up(queries, batch=shape[0], tile=shape[-1])
+    second_read = threading.Event()
+
+    def read() -> None:
+        with resident.read_turn(scene):
+            second_read.set()
+
+    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # the first read, alone: the GPU has nothing
+        pool.submit(read)
+        assert not second_read.wait(0.2)
+        torch.cuda._sleep(2_000_000_000)  # about a second of GPU work ahead of the batch, so it stays queued
+        queued = resident.queue_codes(queries, shape[0], np.zeros(shape, np.uint8))
+        assert second_read.wait(5.0)  # the GPU has a batch: the second read goes on while the first still reads
+    queued.result()
+    second_read.clear()
+    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # every batch done: alone again
+        pool.submit(read)
+        assert not second_read.wait(0.2)
     release_resident()
     resident = resident_model(ModelRef("demo", device="cuda"))
     resident.warm_up(queries, batch=shape[0], tile=shape[-1])
