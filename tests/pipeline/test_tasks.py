@@ -12,7 +12,14 @@ import zarr
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
-from rsrs.pipeline.resident import GROUPS_QUEUED, ModelRef, release_resident, resident_model, set_recorder
+from rsrs.pipeline.resident import (
+    GROUPS_QUEUED,
+    ModelRef,
+    ResidentModel,
+    release_resident,
+    resident_model,
+    set_recorder,
+)
 from rsrs.pipeline.tasks import BatchTask, run_batch
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
@@ -190,14 +197,20 @@ def test_gpu_codes_from_concurrent_threads_equal_each_batchs_own_codes():
         assert gpu_s > 0
 
 
+def _warm_demo_resident(queries: tuple[str, ...], shape: tuple[int, ...], *, tasks: int = 1) -> ResidentModel:
+    """A freshly loaded resident demo model on the GPU, warmed up for ``tasks`` tasks' batches of ``shape``."""
+    release_resident()
+    resident = resident_model(ModelRef("demo", device="cuda"))
+    resident.warm_up(queries, batch=shape[0], tile=shape[-1], tasks=tasks)
+    return resident
+
+
 @pytest.mark.gpu
 def test_gpu_warm_up_pins_every_host_batch_the_tasks_sharing_the_gpu_hold():
     """After the warm-up for two tasks, two tasks' worth of reads and queued batches pin no new host memory: the
     run's first reads reuse what the warm-up pinned instead of waiting for fresh pinned blocks."""
     queries, tasks, shape = ("the pond",), 2, (4, 3, 256, 256)
-    release_resident()
-    resident = resident_model(ModelRef("demo", device="cuda"))
-    resident.warm_up(queries, batch=shape[0], tile=shape[-1], tasks=tasks)
+    resident = _warm_demo_resident(queries, shape, tasks=tasks)
     pinned_before = torch.cuda.host_memory_stats()["num_host_alloc"]
     held = [resident.host_batch(shape) for _ in range(tasks * (GROUPS_QUEUED + 1))]  # each task's queued and read
     queued = [resident.queue_codes(queries, shape[0], rgb) for rgb in held[: tasks * GROUPS_QUEUED]]
@@ -215,9 +228,7 @@ def test_gpu_reads_take_turns_until_a_batch_is_queued_and_again_once_it_is_done(
 
     queries, shape = ("the pond",), (32, 3, 1024, 1024)  # a batch the GPU takes a while over
     scene = _task(tmp_path / "t", ModelRef("demo", device="cuda")).scene  # a local file
-    release_resident()
-    resident = resident_model(ModelRef("demo", device="cuda"))
-    resident.warm_up(queries, batch=shape[0], tile=shape[-1])
+    resident = _warm_demo_resident(queries, shape)
     second_read = threading.Event()
 
     def read() -> None:
@@ -230,28 +241,6 @@ def test_gpu_reads_take_turns_until_a_batch_is_queued_and_again_once_it_is_done(
         torch.cuda._sleep(2_000_000_000)  # about a second of GPU work ahead of the batch, so it stays queued
         queued = resident.queue_codes(queries, shape[0], np.zeros(shape, np.uint8))
         assert second_read.wait(5.0)  # the GPU has a batch: the second read goes on while the first still reads
-    queued.result()
-    second_read.clear()
-    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # every batch done: alone again
-        pool.submit(read)
-        assert not second_read.wait(0.2)
-    release_resident()
-    resident = resident_model(ModelRef("demo", device="cuda"))
-    resident.warm_up(queries, batch=shape[0], tile=shape[-1])
-    second_read = threading.Event()
-
-    scene = _task(tmp_path, resident.spec).scene  # a local file
-
-    def read() -> None:
-        with resident.read_turn(scene):
-            second_read.set()
-
-    with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # the first read, alone: the GPU has nothing
-        pool.submit(read)
-        assert not second_read.wait(0.2)
-        torch.cuda._sleep(2_000_000_000)  # about a second of GPU work ahead of the batch, so it stays queued
-        queued = resident.queue_codes(queries, shape[0], np.zeros(shape, np.uint8))
-        assert second_read.wait(0.5)  # the GPU has a batch: reads overlap
     queued.result()
     second_read.clear()
     with ThreadPoolExecutor(1) as pool, resident.read_turn(scene):  # every batch done: alone again
