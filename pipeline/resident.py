@@ -67,7 +67,7 @@ def accelerate_as_asked(model: PairwiseSegmenter, spec: ModelRef) -> None:
 
 class Recorder(Protocol):
     """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'device' (when the device computed
-    a batch, on the host's clock), 'read' or 'task'."""
+    a batch, on the host's clock), 'read', 'task' or 'finishing' (a task's wait for its last tiles' writes)."""
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
 
