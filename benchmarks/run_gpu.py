@@ -38,6 +38,7 @@ from benchmarks._common import PEAK_BF16_TFLOPS, device_info, flops_per_tile, ti
 from benchmarks.run_rss import write_scene
 from benchmarks.run_timeline import timed_run
 from rsrs.model import batch_predictor, get_model_config, load_model
+from rsrs.pipeline import read_gate
 from rsrs.pipeline.resident import ModelRef, accelerate_as_asked, stored_codes
 from rsrs.workflows import run_job
 from rsrs.workflows.job import Compute
@@ -129,6 +130,7 @@ def main() -> None:
         "tasks_per_gpu": tasks_per_gpu[0],
         "dask_cuda": importlib.util.find_spec("dask_cuda") is not None,
         "reads": f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}",  # decoding speed differs
+        "read_niceness": read_gate.READ_NICENESS,  # how much lower a GPU worker's reading threads run
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -8,8 +8,9 @@ end: copies back and writes), the time the model lock was held and the gaps betw
 side-stream copies the lock covers only queueing a batch's work, so there the gaps are not idle GPU time; the
 device's own batches (CUDA events read on the host's clock) say when it computed and where it waited. The pinned
 host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
-time spent pinning them, and every event as one line (``events``: reads, model turns, the device's batches, tasks
-and each task's final wait for its finishers, ``finishing``).
+time spent pinning them, and every event as one line (``events``: reads, the queueing of what they read, model turns,
+the device's batches, tasks and each task's final wait for its finishers, ``finishing``), and how long after its
+read each group began to be queued.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
@@ -83,6 +84,8 @@ def summarise(events: list[Event]) -> dict:
         return sorted((e for e in events if e[0] == kind and e[2] >= begin), key=lambda e: e[2])
 
     holds, reads, batches = during("model"), during("read"), during("device")
+    queued = {e[4]: e for e in during("queue")}  # by the group's first tile, as its read
+    read_to_queue = [queued[r[4]][2] - r[3] for r in reads if r[4] in queued]  # a read's end to its queueing
     gaps = [b[2] - a[3] for a, b in pairwise(holds) if b[2] > a[3]]
     idle = [(a[3], b[2]) for a, b in pairwise(batches) if b[2] > a[3]]  # the device between two batches
     return {
@@ -104,6 +107,8 @@ def summarise(events: list[Event]) -> dict:
         "first_read_s": round(reads[0][3] - reads[0][2], 3),
         "read_s_mean": round(sum(e[3] - e[2] for e in reads) / len(reads), 4),
         "read_s_max": round(max(e[3] - e[2] for e in reads), 4),
+        "read_end_to_queue_s_first_8": [round(w, 3) for w in read_to_queue[:8]],
+        "read_end_to_queue_s_mean": round(sum(read_to_queue) / max(1, len(read_to_queue)), 4),
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
         "events": _event_lines(events, begin),
     }

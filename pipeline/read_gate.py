@@ -8,16 +8,41 @@ batch comes soonest. Once a batch is queued, reads overlap again: read one at a 
 in all, which while the GPU computes would only cost throughput. In `rsrs run` (rsrefseg-b, 16384², 4 tasks, one
 run each) the GPU's wait for its first batch fell from 0.86 to 0.33 s, and the run from 84.3 to 103.4 tiles/s.
 Reads over a network wait on it, not on the CPU, and are not gated (:meth:`ResidentModel.read_turn`).
+
+Reads also give the CPU way to the threads that queue batches: a GPU worker's reading threads run at a lower
+priority (:data:`READ_NICENESS`, Linux's per-thread nice value), and still take every core the others leave idle.
+Decoding keeps every core busy, and in that run a task whose read had ended reached the model's turn 0.1-0.34 s
+later while other reads ran. With the reads 10 lower (one run each, the same session): 112.0 against 106.5
+tiles/s, the GPU idle between batches 0.16 against 0.26 s (``run_gpu_rsrefseg-b_default_nice*.json``). The first
+batch still reached its turn 0.1 s after its read; what the queueing thread waits for there is not known yet
+(``benchmarks/queue_latency.py`` profiles it).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 #: How often a read that waits for its turn asks whether the GPU still waits for work (seconds).
 POLL_S = 0.005
+
+#: How much lower than the worker's own threads a GPU worker's reading threads run (added to their nice value; the
+#: threads GDAL starts for them inherit it).
+READ_NICENESS = 10
+
+
+def lower_this_threads_priority(by: int) -> None:
+    """Add ``by`` to the calling thread's nice value, on Linux (where nice is per thread); elsewhere nothing.
+
+    Raising one's own nice value needs no privilege; it cannot be lowered again, so call it only in threads that
+    do nothing but read (they end with their reader).
+    """
+    if by and sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + by)
 
 
 class ReadGate:

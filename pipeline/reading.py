@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 from rsrs.core.errors import InputDataError
 from rsrs.pipeline.geometry import PixelWindow, RasterGrid
+from rsrs.pipeline.read_gate import lower_this_threads_priority
 from rsrs.pipeline.scaling import apply_scaling, is_identity
 from rsrs.pipeline.scenes import Scene, open_raster
 
@@ -158,16 +159,25 @@ class SceneReader:
     neighbours, across the task's batches; the bands decode in parallel. Reading each tile from fresh handles
     would decode most blocks two or three times (tiles overlap by their context, and windows rarely start on a
     block edge). ``empty(shape)`` makes each batch's uninitialised uint8 RGB array: a GPU worker passes pinned host
-    memory, so tiles decode straight into what the copy to the GPU reads. Use as a context manager: the files close
+    memory, so tiles decode straight into what the copy to the GPU reads. ``niceness`` lowers the reading threads'
+    priority (:func:`rsrs.pipeline.read_gate.lower_this_threads_priority`). Use as a context manager: the files close
     on exit.
     """
 
     def __init__(
-        self, scene: Scene, *, threads: int = 1, empty: Callable[[tuple[int, ...]], np.ndarray] | None = None
+        self,
+        scene: Scene,
+        *,
+        threads: int = 1,
+        empty: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+        niceness: int = 0,
     ) -> None:
         self.scene = scene
         self._empty = empty or (lambda shape: np.empty(shape, dtype=np.uint8))
-        self._threads = [ThreadPoolExecutor(1, f"rsrs-read-{k}") for k in range(max(1, threads))]
+        self._threads = [
+            ThreadPoolExecutor(1, f"rsrs-read-{k}", initializer=lower_this_threads_priority, initargs=(niceness,))
+            for k in range(max(1, threads))
+        ]
         self._open: dict[int, tuple[ExitStack, dict[str, rasterio.DatasetReader]]] = {}  # thread -> its handles
 
     def read(self, windows: Sequence[PixelWindow]) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from rsrs.pipeline.finisher import Finisher, FinisherKind, finisher_kind
 from rsrs.pipeline.mosaic import quantise
-from rsrs.pipeline.read_gate import ReadGate
+from rsrs.pipeline.read_gate import READ_NICENESS, ReadGate
 from rsrs.pipeline.scenes import Scene, read_from_local_files
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def accelerate_as_asked(model: PairwiseSegmenter, spec: ModelRef) -> None:
 
 class Recorder(Protocol):
     """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'device' (when the device computed
-    a batch, on the host's clock), 'read', 'task' or 'finishing' (a task's wait for its last tiles' writes)."""
+    a batch, on the host's clock), 'read', 'queue' (a task queueing a group it read, the model's turn included),
+    'task' or 'finishing' (a task's wait for its last tiles' writes)."""
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
 
@@ -261,6 +262,13 @@ class ResidentModel:
         """A task's turn to read tiles of ``scene``: from local files, one read at a time while the GPU has no batch
         (:mod:`rsrs.pipeline.read_gate`); over a network, where reads wait on it and not on the CPU, at once."""
         return self._read_gate.turn() if read_from_local_files(scene) else nullcontext()
+
+    @property
+    def read_niceness(self) -> int:
+        """How much lower its tasks' reading threads run than the thread that queues batches: on a GPU
+        :data:`~rsrs.pipeline.read_gate.READ_NICENESS`, elsewhere 0 (a CPU model computes in the tasks' threads, and
+        its reads should keep their share of the cores)."""
+        return READ_NICENESS if self.device.type == "cuda" else 0
 
     def _gpu_starved(self) -> bool:
         """Whether this process's GPU has no batch queued or running (never off a GPU: reads there are not gated)."""

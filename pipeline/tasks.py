@@ -100,7 +100,9 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
         raise output_error(Path(task.tiles_dir), err) from None
     finishing: list[Future[tuple[TilePolygons, float]]] = []
     queued: deque[_QueuedGroup] = deque()  # on the model, oldest first
-    scene_reader = SceneReader(task.scene, threads=IO_THREADS, empty=resident.host_batch)
+    scene_reader = SceneReader(
+        task.scene, threads=IO_THREADS, empty=resident.host_batch, niceness=resident.read_niceness
+    )
     with scene_reader, ThreadPoolExecutor(1, "rsrs-read") as reader:
         pending_read = reader.submit(_read_group, resident, scene_reader, groups[0]) if groups else None
         for g, group in enumerate(groups):
@@ -142,12 +144,13 @@ def _queue_group(
     resident: ResidentModel, task: BatchTask, tiles: Sequence[Tile], rgb: np.ndarray, valid: np.ndarray
 ) -> _QueuedGroup:
     """Queue the tiles that have valid pixels in their core on the model (rgb: B x 3 x T x T uint8)."""
-    has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(tiles)])
-    codes = None
-    if has_data.any():
-        with_data = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
-        codes = resident.queue_codes(task.query_texts, task.batch_size, with_data)
-    return _QueuedGroup(tiles, has_data, valid, codes)
+    with resident.timed("queue", tiles[0].key):
+        has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(tiles)])
+        codes = None
+        if has_data.any():
+            with_data = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
+            codes = resident.queue_codes(task.query_texts, task.batch_size, with_data)
+        return _QueuedGroup(tiles, has_data, valid, codes)
 
 
 def _hand_over(

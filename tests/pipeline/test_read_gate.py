@@ -1,12 +1,17 @@
-"""Reads take turns while the GPU waits for a batch, and overlap once it has one (rsrs.pipeline.read_gate)."""
+"""Reads take turns while the GPU waits for a batch, and overlap once it has one; reading threads can give way to
+the others (rsrs.pipeline.read_gate)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rsrs.pipeline.read_gate import ReadGate
+import pytest
+
+from rsrs.pipeline.read_gate import ReadGate, lower_this_threads_priority
 
 WAIT_S = 5.0  # generous: a failing test waits this long, a passing one much less
 
@@ -63,3 +68,17 @@ def test_a_waiting_read_starts_as_soon_as_the_device_gets_work_not_when_the_read
         assert not first.done()
         alone_may_end.set()
         first.result(), waiting.result()
+
+
+def thread_niceness() -> int:
+    """The calling thread's nice value (Linux: per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
+def test_lowering_a_threads_priority_leaves_the_other_threads_as_they_were():
+    before = thread_niceness()
+    with ThreadPoolExecutor(1) as pool:
+        lowered = pool.submit(lambda: (lower_this_threads_priority(3), thread_niceness())[1]).result()
+    assert lowered == min(19, before + 3)
+    assert thread_niceness() == before

@@ -1,3 +1,4 @@
+import sys
 import threading
 import time
 
@@ -11,6 +12,7 @@ from rsrs.pipeline.reading import SceneReader, TileReadError, read_tile
 from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
 from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
 from rsrs.pipeline.tiling import plan_tiles
+from tests.pipeline.test_read_gate import thread_niceness
 from tests.rasters import invalid_region, write_band_files, write_geotiff
 from tests.servers import range_file_server
 
@@ -148,6 +150,27 @@ def test_a_scene_reader_decodes_every_pixel_into_the_arrays_its_empty_gives(tmp_
     with SceneReader(scene, threads=2, empty=dirty_empty) as reader:
         rgb, valid = reader.read(windows)
     assert len(given) == 1 and rgb is given[0]
+    _assert_each_equals_its_own_read(scene, windows, rgb, valid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
+def test_a_scene_readers_threads_read_at_the_lower_priority_asked(tmp_path, monkeypatch):
+    """A GPU worker's reads give the CPU way to its thread that queues batches; the caller keeps its priority."""
+    scene = scene_from_raster(str(write_geotiff(tmp_path / "a.tif", shape=(96, 160))))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=32, overlap=4)]
+    read_at: set[int] = set()
+    read_into = reading._read_into
+
+    def recording(*args):
+        read_at.add(thread_niceness())
+        read_into(*args)
+
+    monkeypatch.setattr(reading, "_read_into", recording)
+    caller = thread_niceness()
+    with SceneReader(scene, threads=3, niceness=4) as reader:
+        rgb, valid = reader.read(windows)
+    assert read_at == {min(19, caller + 4)}
+    assert thread_niceness() == caller
     _assert_each_equals_its_own_read(scene, windows, rgb, valid)
 
 
