@@ -8,15 +8,18 @@ end: copies back and writes), the time the model lock was held and the gaps betw
 side-stream copies the lock covers only queueing a batch's work, so there the gaps are not idle GPU time; the
 device's own batches (CUDA events read on the host's clock) say when it computed and where it waited. The pinned
 host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
-time spent pinning them, and every event as one line (``events``: reads, the queueing of what they read, model turns,
-the device's batches, tasks and each task's final wait for its finishers, ``finishing``), and how long after its
-read each group began to be queued.
+time spent pinning them and between which events (``pinned_when``); every event comes as one line (``events``:
+reads, the queueing of what they read, model turns, the device's batches, tasks and each task's final wait for its
+finishers, ``finishing``; Python's full collections, ``gc``), with how long after its read each group began to be
+queued.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -31,22 +34,33 @@ class EventLog:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.pinned: list[tuple[float, dict[str, float]]] = []  # (when recorded, pinned so far) at each event
+        self._collecting = 0.0  # when the full collection under way began
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None:
-        import threading
-
         self.events.append((kind, threading.get_ident(), start, end, key))
         self.pinned.append((time.perf_counter(), _pinned_allocations()))
+
+    def full_collections(self, phase: str, info: dict) -> None:
+        """A ``gc.callbacks`` entry: each full collection as a 'gc' event (it holds the GIL: every thread of the
+        worker waits for it)."""
+        if info["generation"] == 2:
+            if phase == "start":
+                self._collecting = time.perf_counter()
+            else:
+                self.events.append(("gc", threading.get_ident(), self._collecting, time.perf_counter(), ""))
 
 
 _LOG = EventLog()
 
 
 def instrument() -> str:
-    """In the worker: send the resident model's timed events (model turns, group reads, tasks) to the log."""
+    """In the worker: send the resident model's timed events (model turns, group reads, tasks) and its full
+    collections to the log."""
     from rsrs.pipeline.resident import set_recorder
 
     set_recorder(_LOG)
+    if _LOG.full_collections not in gc.callbacks:
+        gc.callbacks.append(_LOG.full_collections)
     return "instrumented"
 
 
@@ -61,6 +75,18 @@ def pinned_since(snapshots: list[tuple[float, dict[str, float]]], begin: float) 
     before = [pinned for when, pinned in snapshots if when < begin]
     first, last = before[-1] if before else {}, snapshots[-1][1]
     return {k: round(v - first.get(k, 0), 4) for k, v in last.items()}
+
+
+def pinned_when(snapshots: list[tuple[float, dict[str, float]]], begin: float) -> list[str]:
+    """Between which two recorded events (seconds from ``begin``) blocks were pinned after ``begin``, and how long
+    pinning them took: to see whether a batch's queueing waited for it."""
+    grew = []
+    for (was, a), (now, b) in pairwise(snapshots):
+        blocks = b.get("pinned_blocks_allocated", 0) - a.get("pinned_blocks_allocated", 0)
+        if now >= begin and blocks:
+            seconds = b.get("pinned_alloc_s", 0) - a.get("pinned_alloc_s", 0)
+            grew.append(f"{was - begin:.3f}-{now - begin:.3f} s: {blocks:g} blocks in {seconds:.3f} s")
+    return grew
 
 
 def _pinned_allocations() -> dict[str, float]:
@@ -109,6 +135,7 @@ def summarise(events: list[Event]) -> dict:
         "read_s_max": round(max(e[3] - e[2] for e in reads), 4),
         "read_end_to_queue_s_first_8": [round(w, 3) for w in read_to_queue[:8]],
         "read_end_to_queue_s_mean": round(sum(read_to_queue) / max(1, len(read_to_queue)), 4),
+        "full_collections_s": [round(e[3] - e[2], 3) for e in during("gc")],  # each stopped every thread
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
         "events": _event_lines(events, begin),
     }
@@ -140,4 +167,5 @@ def timed_run(job: Path) -> tuple[dict, dict]:
     begin = min(e[2] for e in events if e[0] == "task")
     during = [pinned_since(snapshots, begin) for _, snapshots in workers]
     pinned = {k: sum(p.get(k, 0) for p in during) for k in ("pinned_blocks_allocated", "pinned_alloc_s")}
+    pinned["pinned_when"] = [line for _, snapshots in workers for line in pinned_when(snapshots, begin)]
     return report, summarise(events) | {"pinned_during_the_tasks": pinned}

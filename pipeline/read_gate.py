@@ -30,7 +30,7 @@ from contextlib import contextmanager
 POLL_S = 0.005
 
 #: How much lower than the worker's own threads a GPU worker's reading threads run (added to their nice value; the
-#: threads GDAL starts for them inherit it).
+#: decoding threads GDAL starts when a reading thread first needs them inherit it).
 READ_NICENESS = 10
 
 

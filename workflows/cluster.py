@@ -26,7 +26,7 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from rsrs.core.errors import RsrsError
-from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
+from rsrs.pipeline.resident import ModelRef, freeze_loaded_objects, release_resident, resident_model
 from rsrs.workflows.job import Compute
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ class ResidentModelPlugin(WorkerPlugin):
             batch, tile, tasks = self.warm_up
             resident.warm_up(self.query_texts, batch=batch, tile=tile, tasks=tasks)
         importlib.import_module("rsrs.workflows.run_workers")  # the tasks' code (Zarr, GeoPandas), not in task one
+        freeze_loaded_objects()  # no full collection walks the model's objects (and stops the worker) mid-run
 
     def teardown(self, worker: Any) -> None:
         """As the worker closes, stop its finisher pool: its shared-memory blocks are freed here, not left for

@@ -91,6 +91,42 @@ def test_a_worker_set_up_for_a_job_has_imported_its_tasks_code_before_the_first_
     assert out.stdout.strip().splitlines()[-1] == "True"
 
 
+SET_UP_AND_RELEASE_A_WORKER = """
+import gc, weakref
+from rsrs.pipeline.resident import ModelRef, release_resident, resident_model
+from rsrs.workflows.cluster import ResidentModelPlugin
+
+
+class Cycle:  # what a job leaves to die in a cycle, as a predictor that the next job's queries replace
+    def __init__(self):
+        self.me = self
+
+
+spec = ModelRef(source="tiny", device="cpu")
+cycle = Cycle()
+died_in_a_cycle = weakref.ref(cycle)
+ResidentModelPlugin(spec, ("ponds",), torch_threads=None).setup(worker=None)
+model = weakref.ref(resident_model(spec).model)
+frozen = gc.get_freeze_count()
+del cycle
+ResidentModelPlugin(spec, ("roads",), torch_threads=None).setup(worker=None)  # the next job
+freed_at_the_next_set_up = died_in_a_cycle() is None
+release_resident()
+gc.collect()
+print(frozen > 0, freed_at_the_next_set_up, gc.get_freeze_count(), model() is None)
+"""
+
+
+def test_a_set_up_worker_leaves_its_model_out_of_collections_and_frees_what_dies_once_set_up_again_or_released():
+    """No full collection walks the loaded model mid-run; the next job's set-up and dropping the model unfreeze
+    what was frozen, so cycles that died meanwhile (an old predictor, the model itself) are still freed."""
+    out = subprocess.run(
+        [sys.executable, "-c", SET_UP_AND_RELEASE_A_WORKER], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True 0 True"
+
+
 def _meet(mine: str, others: list[str]) -> bool:
     """Set this task's event and wait for the other tasks': returns only if all run at the same time."""
     Event(mine).set()
