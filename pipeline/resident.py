@@ -332,9 +332,9 @@ def freeze_loaded_objects() -> None:
     Loading and warming up a model leaves hundreds of thousands of long-lived objects: a full collection walked them
     in 0.23-0.36 s on this project's 2-core CPU, against under a microsecond once frozen
     (``benchmarks/results/gc_pause_cpu_*.json``). It holds the GIL meanwhile, which stops a worker's reads, launches
-    and event loop at once; and the first one comes soon after the warm-up, as the tasks start. Reference counting
-    still frees frozen objects once they are dropped; cycles among them wait for the unfreeze, which each call
-    (the next job's set-up, whose queries replace the predictors) and dropping the model do.
+    and event loop at once; and the objects a warm-up makes bring the next one due, as the tasks start. Reference
+    counting still frees frozen objects once they are dropped; cycles among them wait for the unfreeze, which each
+    call (the next job's set-up, whose queries replace the predictors) and dropping the model do.
     """
     gc.unfreeze()
     gc.collect()
