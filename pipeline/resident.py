@@ -145,6 +145,7 @@ class ResidentModel:
         self._predictors: dict[int, BatchFn] = {}  # by batch size, for the current queries
         self._clock: DeviceClock | None = None  # made when a timeline first needs it
         self._last_batch: torch.cuda.Event | None = None  # the end of the last batch queued on the GPU
+        self._pinned_rows = 0  # the warmed-up batch size: smaller pinned batches take a block of this many rows
         self._read_gate = ReadGate(self._gpu_starved)
 
     @property
@@ -184,6 +185,7 @@ class ResidentModel:
         queued groups and the one it reads), which torch's host allocator then keeps for them. Pinning them during
         the run's first reads delayed the GPU's first batch."""
         if self.device.type == "cuda":
+            self._pinned_rows = batch
             inputs = [self.host_batch((batch, 3, tile, tile)) for _ in range(tasks * (GROUPS_QUEUED + 1))]
             for rgb in inputs:
                 rgb.fill(0)
@@ -198,7 +200,19 @@ class ResidentModel:
             return np.empty(shape, dtype=np.uint8)
         import torch
 
-        return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+        return self._pinned(shape, torch.uint8).numpy()
+
+    def _pinned(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Uninitialised pinned host memory for a batch, in a block of at least the warmed-up batch's rows.
+
+        torch's host allocator reuses a free block only of the same power-of-two size, so a scene's last, smaller
+        group would otherwise pin a fresh block (tens of ms, while the GPU waits) instead of reusing one the
+        warm-up pinned. The first rows of a whole block start where the block does, as the copies need.
+        """
+        import torch
+
+        rows = max(shape[0], self._pinned_rows)
+        return torch.empty((rows, *shape[1:]), dtype=dtype, pin_memory=True)[: shape[0]]
 
     def queue_codes(self, query_texts: Sequence[str], batch: int, rgb: np.ndarray) -> QueuedCodes:
         """Queue host tiles on the model: their stored codes and the seconds the model ran on them come from the
@@ -243,7 +257,7 @@ class ResidentModel:
             self._last_batch = ended
         side.wait_event(ended)
         with torch.cuda.stream(side):
-            host_out = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+            host_out = self._pinned(codes.shape, codes.dtype)
             host_out.copy_(codes, non_blocking=True)
             codes.record_stream(side)  # allocated on ``main``, read on ``side``
             copied = torch.cuda.Event()

@@ -148,7 +148,10 @@ def _queue_group(
         has_data = np.array([valid[b][t.core_in_read.slices()].any() for b, t in enumerate(tiles)])
         codes = None
         if has_data.any():
-            with_data = rgb if has_data.all() else rgb[has_data]  # B' x 3 x T x T (no copy when all have data)
+            with_data = rgb  # B' x 3 x T x T: the tiles with data, gathered into another host batch if not all
+            if not has_data.all():
+                shape = (int(has_data.sum()), *rgb.shape[1:])
+                with_data = np.compress(has_data, rgb, axis=0, out=resident.host_batch(shape))
             codes = resident.queue_codes(task.query_texts, task.batch_size, with_data)
         return _QueuedGroup(tiles, has_data, valid, codes)
 
