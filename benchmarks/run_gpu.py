@@ -19,6 +19,8 @@ Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size
                          [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]
                          [--timeline] [--name run_gpu]
 CPU smoke test:          python -m benchmarks.run_gpu --preset tiny --device cpu --size 2048 --queries 1 --timeline
+Without Dask's statistical profiler in the workers (``dask_worker_profiler`` in the result says which ran):
+                         DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False python -m benchmarks.run_gpu ...
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
+import dask
 import rasterio
 import torch
 import yaml
@@ -131,6 +134,7 @@ def main() -> None:
         "dask_cuda": importlib.util.find_spec("dask_cuda") is not None,
         "reads": f"rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}",  # decoding speed differs
         "read_niceness": read_gate.READ_NICENESS,  # how much lower a GPU worker's reading threads run
+        "dask_worker_profiler": dask.config.get("distributed.worker.profile.enabled", True),  # distributed: on
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

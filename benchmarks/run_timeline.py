@@ -9,9 +9,14 @@ side-stream copies the lock covers only queueing a batch's work, so there the ga
 device's own batches (CUDA events read on the host's clock) say when it computed and where it waited. The pinned
 host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
 time spent pinning them and between which events (``pinned_when``); every event comes as one line (``events``:
-reads, the queueing of what they read, model turns, the device's batches, tasks and each task's final wait for its
-finishers, ``finishing``; Python's full collections, ``gc``), with how long after its read each group began to be
-queued.
+reads, the queueing of what they read, waits for the model's turn (``turn_wait``), model turns, the device's
+batches, tasks and each task's final wait for its finishers, ``finishing``; Python's full collections, ``gc``;
+the stack walks of Dask's statistical profiler, ``profile``).
+For each group it reports how long after its read ended its task resumed (``read_wait`` events end then) and began
+to queue it, and how long each queueing worked before it asked for the model's turn and then waited for it. A
+probe thread in the worker that sleeps :data:`PROBE_S` at a time records each wake-up more than :data:`STALL_S`
+late as a ``stall``: while one lasts no thread of the worker gets the GIL (or a core) promptly, so a task that
+resumes late inside one waited for the process, not for its own work.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
@@ -25,6 +30,10 @@ from itertools import pairwise
 from pathlib import Path
 
 Event = tuple[str, int, float, float, str]  # kind, thread, start, end, first tile key
+
+#: How long the stall probe sleeps at a time, and how late a wake-up must be to count as a stall (seconds): more
+#: than Python's switch interval (5 ms), after which a thread waiting for the GIL asks its holder to drop it.
+PROBE_S, STALL_S = 0.002, 0.010
 
 
 class EventLog:
@@ -49,18 +58,49 @@ class EventLog:
             else:
                 self.events.append(("gc", threading.get_ident(), self._collecting, time.perf_counter(), ""))
 
+    def probe_stalls(self) -> None:
+        """Sleep :data:`PROBE_S` at a time, forever; log each wake-up more than :data:`STALL_S` late as a 'stall'
+        (from when it should have woken to when it did)."""
+        while True:
+            due = time.perf_counter() + PROBE_S
+            time.sleep(PROBE_S)
+            woke = time.perf_counter()
+            if woke - due > STALL_S:
+                self.events.append(("stall", threading.get_ident(), due, woke, ""))
+
+    def time_stack_walks(self) -> None:
+        """Log each stack walk of Dask's statistical profiler as a 'profile' event: every 10 ms the worker's event
+        loop walks each task thread's stack while it holds the GIL (``distributed.profile.process``, which the
+        worker calls without ``depth`` and which recurses with one)."""
+        import distributed.profile
+
+        walk = distributed.profile.process
+
+        def timed_walk(*args: object, **kwargs: object) -> object:
+            if "depth" in kwargs:
+                return walk(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return walk(*args, **kwargs)
+            finally:
+                self.events.append(("profile", threading.get_ident(), start, time.perf_counter(), ""))
+
+        distributed.profile.process = timed_walk
+
 
 _LOG = EventLog()
 
 
 def instrument() -> str:
-    """In the worker: send the resident model's timed events (model turns, group reads, tasks) and its full
-    collections to the log."""
+    """In the worker: send the resident model's timed events (model turns, group reads, tasks), its full
+    collections and Dask's profiler's stack walks to the log, and start the stall probe (once per worker)."""
     from rsrs.pipeline.resident import set_recorder
 
     set_recorder(_LOG)
     if _LOG.full_collections not in gc.callbacks:
         gc.callbacks.append(_LOG.full_collections)
+        _LOG.time_stack_walks()
+        threading.Thread(target=_LOG.probe_stalls, name="rsrs-stall-probe", daemon=True).start()
     return "instrumented"
 
 
@@ -112,6 +152,16 @@ def summarise(events: list[Event]) -> dict:
     holds, reads, batches = during("model"), during("read"), during("device")
     queued = {e[4]: e for e in during("queue")}  # by the group's first tile, as its read
     read_to_queue = [queued[r[4]][2] - r[3] for r in reads if r[4] in queued]  # a read's end to its queueing
+    resumed = {e[4]: e for e in during("read_wait")}
+    read_to_resume = [resumed[r[4]][3] - r[3] for r in reads if r[4] in resumed]  # to its task's resumption
+    stalls, walks = during("stall"), during("profile")
+    turn_waits = during("turn_wait")
+    before_turn = [  # each queueing's own work before it asked for the model's turn, and its wait for the turn
+        (round(w[2] - q[2], 3), round(w[3] - w[2], 3))
+        for q in during("queue")
+        for w in turn_waits
+        if w[1] == q[1] and q[2] <= w[2] <= q[3]
+    ]
     gaps = [b[2] - a[3] for a, b in pairwise(holds) if b[2] > a[3]]
     idle = [(a[3], b[2]) for a, b in pairwise(batches) if b[2] > a[3]]  # the device between two batches
     return {
@@ -135,10 +185,24 @@ def summarise(events: list[Event]) -> dict:
         "read_s_max": round(max(e[3] - e[2] for e in reads), 4),
         "read_end_to_queue_s_first_8": [round(w, 3) for w in read_to_queue[:8]],
         "read_end_to_queue_s_mean": round(sum(read_to_queue) / max(1, len(read_to_queue)), 4),
+        "read_end_to_resume_s_first_8": [round(w, 3) for w in read_to_resume[:8]],
+        "queue_before_turn_and_turn_wait_s_first_8": before_turn[:8],
+        "read_end_to_resume_s_max": round(max(read_to_resume, default=0), 3),
+        "stalls": len(stalls),
+        "stalled_s": round(sum(e[3] - e[2] for e in stalls), 3),
+        "longest_stalls_s": _longest(stalls, begin),
+        "profiler_stack_walks": len(walks),
+        "profiler_stack_walks_s": round(sum(e[3] - e[2] for e in walks), 3),
+        "longest_profiler_stack_walks_s": _longest(walks, begin),
         "full_collections_s": [round(e[3] - e[2], 3) for e in during("gc")],  # each stopped every thread
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
         "events": _event_lines(events, begin),
     }
+
+
+def _longest(events: list[Event], begin: float, n: int = 8) -> list[tuple[float, float]]:
+    """The ``n`` longest events as (when, from ``begin``; how long) in seconds, longest first."""
+    return [(round(e[2] - begin, 2), round(e[3] - e[2], 3)) for e in sorted(events, key=lambda e: e[2] - e[3])[:n]]
 
 
 def _event_lines(events: list[Event], begin: float) -> list[str]:

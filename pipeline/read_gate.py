@@ -14,8 +14,9 @@ priority (:data:`READ_NICENESS`, Linux's per-thread nice value), and still take 
 Decoding keeps every core busy, and in that run a task whose read had ended reached the model's turn 0.1-0.34 s
 later while other reads ran. With the reads 10 lower (one run each, the same session): 112.0 against 106.5
 tiles/s, the GPU idle between batches 0.16 against 0.26 s (``run_gpu_rsrefseg-b_default_nice*.json``). The first
-batch still reached its turn 0.1 s after its read; what the queueing thread waits for there is not known yet
-(``benchmarks/queue_latency.py`` profiles it).
+batches still reach their turn 0.1-0.26 s after their reads, yet queueing a batch beside three tasks' reads takes
+7 ms (``benchmarks/queue_latency.py``): what holds them back is outside the queueing's own work (the benchmark
+timeline now records when each task resumes after its read, and stalls of the whole worker).
 """
 
 from __future__ import annotations

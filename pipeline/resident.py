@@ -292,9 +292,15 @@ class ResidentModel:
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        """The model's turn: one batch at a time (recorded as a 'model' event when a recorder is set)."""
-        with self._turn, self.timed("model", ""):
-            yield
+        """The model's turn: one batch at a time (recorded, when a recorder is set, as a 'turn_wait' event while it
+        waits for the turn and a 'model' event while it holds it)."""
+        with self.timed("turn_wait", ""):
+            self._turn.acquire()
+        try:
+            with self.timed("model", ""):
+                yield
+        finally:
+            self._turn.release()
 
     @contextmanager
     def timed(self, kind: str, key: str) -> Iterator[None]:

@@ -108,7 +108,8 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
         for g, group in enumerate(groups):
             assert pending_read is not None
             try:
-                (rgb, valid), read_s = pending_read.result()  # B x 3 x T x T uint8, B x T x T bool
+                with resident.timed("read_wait", group[0].key):  # the task's wait for its read, to when it resumes
+                    (rgb, valid), read_s = pending_read.result()  # B x 3 x T x T uint8, B x T x T bool
             except TileReadError as err:
                 result.failure = TileFailure(window=err.window, message=err.reason)
                 break

@@ -133,7 +133,7 @@ def test_a_failed_read_ends_the_task_after_finishing_every_tile_queued_before_it
     assert sorted(p.stem for p in (tmp_path / "t" / "tiles").iterdir()) == sorted(readable)
 
 
-def test_a_recorder_sees_each_batch_on_the_device_inside_its_turn_and_each_read(tmp_path, finisher_kind):
+def test_a_recorder_sees_each_batch_inside_its_turn_each_read_and_the_tasks_waits_for_both(tmp_path, finisher_kind):
     events = []
     task = _task(tmp_path / "t", ModelRef("tiny", device="cpu"))
     finisher_kind("threads", task.model)
@@ -142,13 +142,18 @@ def test_a_recorder_sees_each_batch_on_the_device_inside_its_turn_and_each_read(
         result = run_batch(task)
     finally:
         set_recorder(None)
-    by_kind = {kind: [(s, e) for k, s, e in events if k == kind] for kind in ("task", "read", "model", "device")}
+    kinds = ("task", "read", "read_wait", "turn_wait", "model", "device")
+    by_kind = {kind: [(s, e) for k, s, e in events if k == kind] for kind in kinds}
     groups = -(-len(task.tiles) // task.batch_size)
     assert result.computed == len(task.tiles)  # every group had data: one turn and one device batch each
     assert len(by_kind["task"]) == 1 and len(by_kind["read"]) == len(by_kind["device"]) == groups
-    assert len(by_kind["model"]) == groups
+    assert len(by_kind["model"]) == len(by_kind["turn_wait"]) == len(by_kind["read_wait"]) == groups
     for (turn_start, turn_end), (start, end) in zip(by_kind["model"], by_kind["device"], strict=True):
         assert turn_start <= start < end <= turn_end
+    for (_, asked), (turn_start, _) in zip(by_kind["turn_wait"], by_kind["model"], strict=True):
+        assert asked <= turn_start  # the wait for the turn ends as the turn begins
+    for (_, read_end), (_, resumed) in zip(by_kind["read"], by_kind["read_wait"], strict=True):
+        assert read_end <= resumed  # a task resumes once its read is done
     assert sum(e - s for s, e in by_kind["device"]) == pytest.approx(result.model_s)
 
 
