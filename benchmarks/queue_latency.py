@@ -3,7 +3,9 @@
 In `rsrs run`'s timelines a task began to queue a group the moment its read ended, yet its batch reached the model's
 turn 36-180 ms later, while other tasks' reads ran; queueing is a few launches and copies. This loads a resident
 model as a worker does (warmed up for ``--tasks`` tasks), then queues ``--repeats`` batches one after another (each
-waited for, so the GPU is idle as it is before a scene's first batch): first with nothing else running, then while
+waited for, so the GPU is idle as it is before a scene's first batch): first with nothing else running, from the
+thread that warmed the model up and then each from a fresh thread (a Dask worker's first tasks run on threads that
+never touched CUDA; the model's turn inside is timed too), then while
 ``--readers`` threads each read groups of the synthetic scene of ``benchmarks.run_rss`` through their own
 :class:`~rsrs.pipeline.reading.SceneReader`, with its threads ``--niceness`` lower. Each setting reports the wall
 time of ``queue_codes`` (mean, max) and, from Python's profiler while it queues, the calls that time went to
@@ -36,7 +38,7 @@ from benchmarks.run_gpu import QUERIES, random_init_config
 from benchmarks.run_rss import write_scene
 from rsrs.pipeline.finisher import IO_THREADS
 from rsrs.pipeline.reading import SceneReader
-from rsrs.pipeline.resident import ModelRef, ResidentModel
+from rsrs.pipeline.resident import ModelRef, ResidentModel, set_recorder
 from rsrs.pipeline.scenes import Scene, scene_from_raster
 from rsrs.pipeline.tiling import batched, plan_tiles
 
@@ -88,6 +90,35 @@ def queue_times(resident: ResidentModel, shape: tuple[int, ...], repeats: int) -
     }
 
 
+def queue_times_in_new_threads(resident: ResidentModel, shape: tuple[int, ...], repeats: int) -> dict:
+    """Queue ``repeats`` batches, each from a thread of its own (as a Dask worker's first tasks start on fresh
+    threads) and waited for: wall ms of queueing, and of the model's turn inside it."""
+    rgb = resident.host_batch(shape)
+    rgb.fill(0)
+    seconds: list[tuple[float, float]] = []
+
+    turns: list[float] = []  # each model turn's length, from a recorder that keeps only those
+
+    def queue_once() -> None:
+        start = time.perf_counter()
+        queued = resident.queue_codes(QUERIES[:1], shape[0], rgb)
+        seconds.append((time.perf_counter() - start, turns[-1]))
+        queued.result()
+
+    set_recorder(lambda kind, start, end, key: turns.append(end - start) if kind == "model" else None)
+    try:
+        for _ in range(repeats):
+            thread = threading.Thread(target=queue_once)
+            thread.start()
+            thread.join()
+    finally:
+        set_recorder(None)
+    return {
+        "queue_ms": [round(1000 * q, 2) for q, _ in seconds],
+        "turn_ms": [round(1000 * t, 2) for _, t in seconds],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="rsrefseg-b")
@@ -113,6 +144,7 @@ def main() -> None:
         try:
             resident.warm_up(QUERIES[:1], batch=args.batch, tile=args.tile_size, tasks=args.tasks)
             result["alone"] = queue_times(resident, shape, args.repeats)
+            result["alone_each_from_a_new_thread"] = queue_times_in_new_threads(resident, shape, args.repeats)
             with reading(scene, groups, args.readers, args.niceness):
                 result["beside_reads"] = queue_times(resident, shape, args.repeats)
         finally:
