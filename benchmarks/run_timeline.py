@@ -10,13 +10,13 @@ device's own batches (CUDA events read on the host's clock) say when it computed
 host blocks the workers allocated once the tasks began (the warm-up should have allocated them all) come with the
 time spent pinning them and between which events (``pinned_when``); every event comes as one line (``events``:
 reads, the queueing of what they read, waits for the model's turn (``turn_wait``), model turns, the device's
-batches, tasks and each task's final wait for its finishers, ``finishing``; Python's full collections, ``gc``;
-the stack walks of Dask's statistical profiler, ``profile``).
-For each group it reports how long after its read ended its task resumed (``read_wait`` events end then) and began
-to queue it, and how long each queueing worked before it asked for the model's turn and then waited for it. A
-probe thread in the worker that sleeps :data:`PROBE_S` at a time records each wake-up more than :data:`STALL_S`
-late as a ``stall``: while one lasts no thread of the worker gets the GIL (or a core) promptly, so a task that
-resumes late inside one waited for the process, not for its own work.
+batches, each group's hand-over of its codes to the finishers, ``hand_over``, tasks and each task's final wait for
+its finishers, ``finishing``; Python's full collections, ``gc``; the stack walks of Dask's statistical profiler,
+``profile``). For each group it reports how long after its read ended its task resumed (``read_wait`` events end
+then) and began to queue it, and how long each queueing worked before it asked for the model's turn and then
+waited for it. A probe thread in the worker that sleeps :data:`PROBE_S` at a time records each wake-up more than
+:data:`STALL_S` late as a ``stall``: while one lasts no thread of the worker gets the GIL (or a core) promptly, so a
+task that resumes late inside one waited for the process, not for its own work.
 
 Used by ``python -m benchmarks.run_gpu --timeline``.
 """
@@ -154,7 +154,7 @@ def summarise(events: list[Event]) -> dict:
     read_to_queue = [queued[r[4]][2] - r[3] for r in reads if r[4] in queued]  # a read's end to its queueing
     resumed = {e[4]: e for e in during("read_wait")}
     read_to_resume = [resumed[r[4]][3] - r[3] for r in reads if r[4] in resumed]  # to its task's resumption
-    stalls, walks = during("stall"), during("profile")
+    stalls, walks, hand_overs = during("stall"), during("profile"), during("hand_over")
     turn_waits = during("turn_wait")
     before_turn = [  # each queueing's own work before it asked for the model's turn, and its wait for the turn
         (round(w[2] - q[2], 3), round(w[3] - w[2], 3))
@@ -188,6 +188,8 @@ def summarise(events: list[Event]) -> dict:
         "read_end_to_resume_s_first_8": [round(w, 3) for w in read_to_resume[:8]],
         "queue_before_turn_and_turn_wait_s_first_8": before_turn[:8],
         "read_end_to_resume_s_max": round(max(read_to_resume, default=0), 3),
+        "hand_over_s_mean": round(sum(e[3] - e[2] for e in hand_overs) / max(1, len(hand_overs)), 4),
+        "longest_hand_overs_s": _longest(hand_overs, begin),
         "stalls": len(stalls),
         "stalled_s": round(sum(e[3] - e[2] for e in stalls), 3),
         "longest_stalls_s": _longest(stalls, begin),

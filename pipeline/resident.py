@@ -67,9 +67,10 @@ def accelerate_as_asked(model: PairwiseSegmenter, spec: ModelRef) -> None:
 
 
 class Recorder(Protocol):
-    """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'device' (when the device computed
-    a batch, on the host's clock), 'read', 'queue' (a task queueing a group it read, the model's turn included),
-    'task' or 'finishing' (a task's wait for its last tiles' writes)."""
+    """Receives timed events of a worker: ``kind`` is 'model' (a batch's turn), 'turn_wait' (waiting for it),
+    'device' (when the device computed a batch, on the host's clock), 'read', 'read_wait' (a task waiting for its
+    read), 'queue' (a task queueing a group it read, the model's turn included), 'hand_over' (a group's codes handed
+    to the finishers), 'task' or 'finishing' (a task's wait for its last tiles' writes)."""
 
     def __call__(self, kind: str, start: float, end: float, key: str) -> None: ...
 

@@ -167,10 +167,11 @@ def _hand_over(
         result.model_s += model_s
     rows = np.cumsum(group.has_data) - 1  # row of each tile in ``codes`` (only tiles with data were predicted)
     finishing = []
-    for b, tile in enumerate(group.tiles):
-        inner = (slice(None), *tile.core_in_read.slices())
-        core = mark_nodata(codes[rows[b]][inner], group.valid[b][inner[1:]]) if group.has_data[b] else None
-        finishing.append(resident.finisher.submit(finish_tile, task, tile, codes=core))  # core: marked in place
+    with resident.timed("hand_over", group.tiles[0].key):
+        for b, tile in enumerate(group.tiles):
+            inner = (slice(None), *tile.core_in_read.slices())
+            core = mark_nodata(codes[rows[b]][inner], group.valid[b][inner[1:]]) if group.has_data[b] else None
+            finishing.append(resident.finisher.submit(finish_tile, task, tile, codes=core))  # marked in place
     return finishing
 
 
