@@ -3,8 +3,10 @@ shared memory (:class:`rsrs.pipeline.finisher.Finisher`).
 
 The worker's process also reads tiles and launches the model, so every millisecond it spends pickling codes is taken
 from them. 16 tiles (a batch) of Q x 960² uint8 codes, for 1 and 5 queries, go to a 2-process finisher whose
-function only touches them; milliseconds of the worker's CPU (all its threads) and of wall time per batch, the
-median of ``--repeats`` (the first, which creates the shared blocks that later batches reuse, included).
+function only touches them, with what ``finish_tile`` gets beside them: the task's
+:class:`~rsrs.pipeline.tasks.TileOutputs` and the tile (``shared_memory_whole_task``: the whole task of 64 tiles
+instead, as before it). Milliseconds of the worker's CPU (all its threads) and of wall time per batch, the median of
+``--repeats`` (the first, which creates the shared blocks that later batches reuse, included).
 
 Run:  python -m benchmarks.finish_handoff [--repeats 7] [--name finish_handoff]
 """
@@ -13,28 +15,45 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import write_result
+from benchmarks.run_rss import write_scene
 from rsrs.pipeline.finisher import Finisher
+from rsrs.pipeline.resident import ModelRef
+from rsrs.pipeline.scenes import scene_from_raster
+from rsrs.pipeline.tasks import BatchTask, TileOutputs
+from rsrs.pipeline.tiling import Tile, plan_tiles
 
 CORE, BATCH = 960, 16
 
 
-def touch(codes: np.ndarray) -> int:
+def touch(task: object, tile: Tile, codes: np.ndarray) -> int:
     """In a finisher process: read one code (the hand-off is what is measured)."""
     return int(codes[0, 0, 0])
 
 
-def batch_ms(pool: Finisher, tiles: list[np.ndarray], repeats: int) -> dict:
-    """Median worker-CPU and wall milliseconds to hand ``tiles`` over and see them done."""
+def a_task(folder: Path) -> BatchTask:
+    """A task of 64 tiles of a 16384² scene, as `rsrs run` makes them."""
+    write_scene(folder / "scene.tif", 16384)
+    scene = scene_from_raster(str(folder / "scene.tif"))
+    return BatchTask(scene=scene, tiles=tuple(plan_tiles(scene.grid, tile_size=1024, overlap=64))[:64],
+                     query_texts=("the dark ponds",), model=ModelRef("demo"), store=str(folder / "masks.zarr"),
+                     tiles_dir=str(folder / "tiles"), threshold=0.5, batch_size=16)  # fmt: skip
+
+
+def batch_ms(pool: Finisher, tiles: list[np.ndarray], args: tuple[object, Tile], repeats: int) -> dict:
+    """Median worker-CPU and wall milliseconds to hand ``tiles`` (with ``args``) over and see them done."""
     cpu, wall = [], []
     for _ in range(repeats):
         c0, w0 = time.process_time(), time.perf_counter()
-        for done in [pool.submit(touch, codes=codes) for codes in tiles]:
+        for done in [pool.submit(touch, *args, codes=codes) for codes in tiles]:
             done.result()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
@@ -51,13 +70,18 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     result: dict = {"device": "cpu", "cpu_count": os.cpu_count(), "core_px": CORE, "tiles_per_batch": BATCH}
+    with tempfile.TemporaryDirectory() as tmp:
+        task = a_task(Path(tmp))
+    outputs, whole = (TileOutputs.of(task), task.tiles[0]), (task, task.tiles[0])
+    result["pickled_bytes_per_tile"] = {"outputs": len(pickle.dumps(outputs)), "whole_task": len(pickle.dumps(whole))}
     for queries in (1, 5):
         tiles = [rng.integers(0, 255, (queries, CORE, CORE), dtype=np.uint8) for _ in range(BATCH)]
         result[f"{queries}q"] = {}
-        for way, shared in (("pipe", False), ("shared_memory", True)):
+        ways = (("pipe", False, outputs), ("shared_memory", True, outputs), ("shared_memory_whole_task", True, whole))
+        for way, shared, with_codes in ways:
             pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 4), shared=shared)  # 2 processes
             try:
-                result[f"{queries}q"][way] = batch_ms(pool, tiles, args.repeats)
+                result[f"{queries}q"][way] = batch_ms(pool, tiles, with_codes, args.repeats)
             finally:
                 pool.shutdown()
         times = result[f"{queries}q"]

@@ -17,7 +17,7 @@ from distributed import LocalCluster
 from rsrs.core.errors import OutputError
 from rsrs.pipeline.mosaic import create_mosaic
 from rsrs.pipeline.resident import ModelRef
-from rsrs.pipeline.tasks import BatchTask, finish_tile
+from rsrs.pipeline.tasks import BatchTask, TileOutputs, finish_tile
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import load_job
@@ -38,7 +38,7 @@ def test_a_worker_that_cannot_write_its_chunk_raises_one_output_error_line(tmp_p
     task = BatchTask(scene=scene, tiles=(tile,), query_texts=("q",), model=ModelRef("tiny", "cpu"), store=str(store),
                      tiles_dir=str(tmp_path / "tiles"), threshold=0.5, batch_size=1)  # fmt: skip
     with pytest.raises(OutputError, match=f"^cannot write {store / 'a'}: Is a directory"):
-        finish_tile(task, tile, np.zeros((1, 24, 24), np.uint8))
+        finish_tile(TileOutputs.of(task), tile, np.zeros((1, 24, 24), np.uint8))
 
 
 @pytest.fixture(scope="module")
