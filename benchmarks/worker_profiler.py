@@ -42,7 +42,7 @@ def figures(events: list[Event]) -> dict:
         "stack_walk_ms_max": round(1000 * seconds[-1], 2) if seconds else None,
         "stack_walks_over_5_ms": [
             (round(e[2] - first, 2), round(1000 * (e[3] - e[2]), 1)) for e in walks if e[3] - e[2] > 0.005
-        ],  # fmt: skip
+        ],
         "stalls": len(stalls),
         "stalled_s": round(sum(stalls), 3),
         "longest_stall_ms": round(1000 * max(stalls, default=0), 1),
