@@ -78,10 +78,10 @@ def main() -> None:
         tiles = [rng.integers(0, 255, (queries, CORE, CORE), dtype=np.uint8) for _ in range(BATCH)]
         result[f"{queries}q"] = {}
         ways = (("pipe", False, outputs), ("shared_memory", True, outputs), ("shared_memory_whole_task", True, whole))
-        for way, shared, with_codes in ways:
+        for way, shared, finish_args in ways:
             pool = Finisher("processes", gpus=max(1, (os.cpu_count() or 2) // 4), shared=shared)  # 2 processes
             try:
-                result[f"{queries}q"][way] = batch_ms(pool, tiles, with_codes, args.repeats)
+                result[f"{queries}q"][way] = batch_ms(pool, tiles, finish_args, args.repeats)
             finally:
                 pool.shutdown()
         times = result[f"{queries}q"]

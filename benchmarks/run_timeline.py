@@ -176,9 +176,7 @@ def summarise(events: list[Event]) -> dict:
         "device_idle_before_first_batch_s": round(batches[0][2] - begin, 3),
         "device_idle_between_batches_s": round(sum(b - a for a, b in idle), 3),
         "device_idle_after_last_batch_s": round(end - batches[-1][3], 3),
-        "device_longest_idle_s": [  # (when, from the first task's start; how long), longest first
-            (round(a - begin, 2), round(b - a, 3)) for a, b in sorted(idle, key=lambda g: g[0] - g[1])[:8]
-        ],
+        "device_longest_idle_s": _longest(idle, begin),
         "first_read_start_s": round(reads[0][2] - begin, 3),
         "first_read_s": round(reads[0][3] - reads[0][2], 3),
         "read_s_mean": round(sum(e[3] - e[2] for e in reads) / len(reads), 4),
@@ -189,22 +187,27 @@ def summarise(events: list[Event]) -> dict:
         "read_end_to_resume_s_max": round(max(read_to_resume, default=0), 3),
         "queue_before_turn_and_turn_wait_s_first_8": before_turn[:8],
         "hand_over_s_mean": round(sum(e[3] - e[2] for e in hand_overs) / max(1, len(hand_overs)), 4),
-        "longest_hand_overs_s": _longest(hand_overs, begin),
+        "longest_hand_overs_s": _longest(_spans(hand_overs), begin),
         "stalls": len(stalls),
         "stalled_s": round(sum(e[3] - e[2] for e in stalls), 3),
-        "longest_stalls_s": _longest(stalls, begin),
+        "longest_stalls_s": _longest(_spans(stalls), begin),
         "profiler_stack_walks": len(walks),
         "profiler_stack_walks_s": round(sum(e[3] - e[2] for e in walks), 3),
-        "longest_profiler_stack_walks_s": _longest(walks, begin),
+        "longest_profiler_stack_walks_s": _longest(_spans(walks), begin),
         "full_collections_s": [round(e[3] - e[2], 3) for e in during("gc")],  # each stopped every thread
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
         "events": _event_lines(events, begin),
     }
 
 
-def _longest(events: list[Event], begin: float, n: int = 8) -> list[tuple[float, float]]:
-    """The ``n`` longest events as (when, from ``begin``; how long) in seconds, longest first."""
-    return [(round(e[2] - begin, 2), round(e[3] - e[2], 3)) for e in sorted(events, key=lambda e: e[2] - e[3])[:n]]
+def _spans(events: list[Event]) -> list[tuple[float, float]]:
+    """Each event's (start, end)."""
+    return [(e[2], e[3]) for e in events]
+
+
+def _longest(spans: list[tuple[float, float]], begin: float, n: int = 8) -> list[tuple[float, float]]:
+    """The ``n`` longest (start, end) spans as (when, from ``begin``; how long) in seconds, longest first."""
+    return [(round(a - begin, 2), round(b - a, 3)) for a, b in sorted(spans, key=lambda g: g[0] - g[1])[:n]]
 
 
 def _event_lines(events: list[Event], begin: float) -> list[str]:
