@@ -191,6 +191,7 @@ def summarise(events: list[Event]) -> dict:
         "stalls": len(stalls),
         "stalled_s": round(sum(e[3] - e[2] for e in stalls), 3),
         "longest_stalls_s": _longest(_spans(stalls), begin),
+        "stalled_share_of_reads": stalled_share_of_reads(stalls, reads, {t[4] for t in tasks}, (begin, end)),
         "profiler_stack_walks": len(walks),
         "profiler_stack_walks_s": round(sum(e[3] - e[2] for e in walks), 3),
         "longest_profiler_stack_walks_s": _longest(_spans(walks), begin),
@@ -198,6 +199,54 @@ def summarise(events: list[Event]) -> dict:
         "task_windows_s": [(round(t[2] - begin, 2), round(t[3] - begin, 2)) for t in tasks],
         "events": _event_lines(events, begin),
     }
+
+
+def stalled_share_of_reads(
+    stalls: list[Event], reads: list[Event], task_keys: set[str], span: tuple[float, float]
+) -> dict[str, float]:
+    """The share of the time the stall probe was late during the tasks' first reads (a task's first group has the
+    task's key), during their later reads (outside first ones), and with no read running."""
+    first = _union([(r[2], r[3]) for r in reads if r[4] in task_keys])
+    later = _minus(_union([(r[2], r[3]) for r in reads if r[4] not in task_keys]), first)
+    outside = _minus([span], _union(first + later))
+    stalled = _union(_spans(stalls))
+
+    def share(spans: list[tuple[float, float]]) -> float:
+        length = sum(b - a for a, b in spans)
+        return round(sum(b - a for a, b in _intersect(spans, stalled)) / length, 3) if length else 0.0
+
+    return {"first_reads": share(first), "later_reads": share(later), "outside_reads": share(outside)}
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Spans merged where they overlap, in order."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _intersect(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Where two unions of spans overlap."""
+    return [(max(a, c), min(b, d)) for a, b in xs for c, d in ys if max(a, c) < min(b, d)]
+
+
+def _minus(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of a union of spans outside another."""
+    left = []
+    for a, b in xs:
+        for c, d in ys:  # in order, disjoint
+            if d <= a or c >= b:
+                continue
+            if c > a:
+                left.append((a, c))
+            a = max(a, d)
+        if a < b:
+            left.append((a, b))
+    return left
 
 
 def _spans(events: list[Event]) -> list[tuple[float, float]]:

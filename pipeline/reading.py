@@ -8,13 +8,16 @@ of a STAC item) are resampled bilinearly onto the scene grid through a ``WarpedV
 Datasets stay open for one call or one task, no longer: no per-process cache grows with the number of scenes
 (GDAL's own block and ``/vsicurl/`` caches are bounded). So that neighbouring tiles do not each decode the
 blocks they share, a task reads its tiles through one :class:`SceneReader`, whose threads keep the files open
-while the task runs. A uint8 RGB source is decoded straight into the batch, and a source whose bands GDAL flags
-as all valid (no nodata, mask or alpha) is not asked for a mask at all.
+while the task runs. Those threads outlive the task (:class:`ReadingThreads`): a thread's first open costs GDAL and
+PROJ their per-thread set-up while holding the GIL. A uint8 RGB source is decoded straight into the batch, and a
+source whose bands GDAL flags as all valid (no nodata, mask or alpha) is not asked for a mask at all.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -151,6 +154,53 @@ def _gdal_reason(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+class ReadingThreads:
+    """Reading threads that outlive the :class:`SceneReader` that uses them: each is lent to one reader at a time.
+
+    A thread's first raster open sets up GDAL's and PROJ's per-thread state while holding the GIL: 12-15 ms of CPU
+    against 1.3-1.7 ms for its second open, on this project's 2-core CPU. With threads made for each task, every
+    thread of the process waited as a task's first group was read (its 8 threads opening the scene's files): in
+    ``benchmarks/reader_threads.py``, a probe thread woke over 10 ms late for 61-63% of the first groups' read time,
+    against 9-23% with lent threads, and the first groups took 0.21-0.23 s against 0.13-0.15. In a GPU worker that
+    probe's stalls came only with reads, most with the tasks' first ones (65-73% of their time on an H200), and the
+    thread that queues the next batch waits as the probe does. Idle threads are kept, as many as the most readers
+    lent at once needed, per niceness: a thread's priority cannot be raised again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[ThreadPoolExecutor]] = defaultdict(list)  # by the niceness they were made with
+        self._made = 0  # threads made, for their names
+
+    def borrow(self, count: int, niceness: int) -> list[ThreadPoolExecutor]:
+        """``count`` single-thread executors whose threads run ``niceness`` lower than the thread that first used
+        them (:func:`~rsrs.pipeline.read_gate.lower_this_threads_priority`): idle ones first, else new ones."""
+        with self._lock:
+            idle = self._idle[niceness]
+            lent = [idle.pop() for _ in range(min(count, len(idle)))]
+            for _ in range(count - len(lent)):
+                lent.append(ThreadPoolExecutor(1, f"rsrs-read-{self._made}", initializer=lower_this_threads_priority,
+                                               initargs=(niceness,)))  # fmt: skip
+                self._made += 1
+        return lent
+
+    def give_back(self, threads: Sequence[ThreadPoolExecutor], niceness: int) -> None:
+        """Keep ``threads`` (done with their reader: their files closed) for the next reader."""
+        with self._lock:
+            self._idle[niceness].extend(threads)
+
+    def forget(self) -> None:
+        """Drop the idle threads without stopping them: in a forked child, which has none of its parent's threads."""
+        self._lock = threading.Lock()
+        self._idle = defaultdict(list)
+
+
+#: The process's reading threads, lent to each task's :class:`SceneReader`.
+READING_THREADS = ReadingThreads()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=READING_THREADS.forget)
+
+
 class SceneReader:
     """Reads a task's tiles of one scene, batch after batch, on ``threads`` threads.
 
@@ -160,8 +210,8 @@ class SceneReader:
     would decode most blocks two or three times (tiles overlap by their context, and windows rarely start on a
     block edge). ``empty(shape)`` makes each batch's uninitialised uint8 RGB array: a GPU worker passes pinned host
     memory, so tiles decode straight into what the copy to the GPU reads. ``niceness`` lowers the reading threads'
-    priority (:func:`rsrs.pipeline.read_gate.lower_this_threads_priority`). Use as a context manager: the files close
-    on exit.
+    priority (:func:`rsrs.pipeline.read_gate.lower_this_threads_priority`). The threads are lent by ``lender`` (the
+    process's :data:`READING_THREADS`) and go back to it on close. Use as a context manager: the files close on exit.
     """
 
     def __init__(
@@ -171,13 +221,12 @@ class SceneReader:
         threads: int = 1,
         empty: Callable[[tuple[int, ...]], np.ndarray] | None = None,
         niceness: int = 0,
+        lender: ReadingThreads = READING_THREADS,
     ) -> None:
         self.scene = scene
         self._empty = empty or (lambda shape: np.empty(shape, dtype=np.uint8))
-        self._threads = [
-            ThreadPoolExecutor(1, f"rsrs-read-{k}", initializer=lower_this_threads_priority, initargs=(niceness,))
-            for k in range(max(1, threads))
-        ]
+        self._lender, self._niceness = lender, niceness
+        self._threads = lender.borrow(max(1, threads), niceness)
         self._open: dict[int, tuple[ExitStack, dict[str, rasterio.DatasetReader]]] = {}  # thread -> its handles
 
     def read(self, windows: Sequence[PixelWindow]) -> tuple[np.ndarray, np.ndarray]:
@@ -211,10 +260,14 @@ class SceneReader:
         return self._open[k][1]
 
     def close(self) -> None:
-        """Close every thread's files, each in its own thread after the reads queued on it, and stop the threads."""
-        for k, thread in enumerate(self._threads):
-            thread.submit(self._close_files, k).result()
-            thread.shutdown()
+        """Close every thread's files, each in its own thread after the reads queued on it, and give the threads
+        back to their lender."""
+        try:
+            for k, thread in enumerate(self._threads):
+                thread.submit(self._close_files, k).result()
+        finally:
+            self._lender.give_back(self._threads, self._niceness)
+            self._threads = []
 
     def _close_files(self, k: int) -> None:
         """In thread ``k``: close the files it opened, if any."""

@@ -1,6 +1,9 @@
+import multiprocessing
+import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import rasterio
 
 from rsrs.pipeline import reading
 from rsrs.pipeline.geometry import PixelWindow
-from rsrs.pipeline.reading import SceneReader, TileReadError, read_tile
+from rsrs.pipeline.reading import ReadingThreads, SceneReader, TileReadError, read_tile
 from rsrs.pipeline.scaling import ScalingSpec, apply_scaling
 from rsrs.pipeline.scenes import BandSource, scene_from_raster, scene_from_sources
 from rsrs.pipeline.tiling import plan_tiles
@@ -205,7 +208,7 @@ def test_each_reader_thread_opens_the_files_once_and_reads_one_band_of_columns(t
 
     monkeypatch.setattr(reading, "open_raster", counting_open)
     monkeypatch.setattr(reading, "_read_into", recording_read)
-    with SceneReader(scene, threads=4) as reader:
+    with SceneReader(scene, threads=4, lender=ReadingThreads()) as reader:  # threads rsrs-read-0..3, in order
         for i in range(0, len(windows), 16):
             reader.read(windows[i : i + 16])
     assert sorted(opened) == [f"rsrs-read-{k}_0" for k in range(4)]  # once per thread, for all 10 batches
@@ -237,3 +240,52 @@ def test_a_failed_read_raises_after_every_thread_stopped_and_closing_then_closes
     assert len(finished) == sum(w.col_off + w.width // 2 >= 100 for w in windows) > 0
     reader.close()
     assert len({id(h) for h in handles}) == 4 and all(h.closed for h in handles)
+
+
+def test_a_tasks_reader_reads_in_the_threads_the_last_reader_gave_back_and_opens_its_own_files(tmp_path, monkeypatch):
+    """A thread's first open sets up GDAL and PROJ holding the GIL, so readers reuse threads, not their files: the
+    next task's reader gets the same threads, opens the files again in them, and reads what a fresh read gives."""
+    scene = scene_from_raster(str(write_geotiff(tmp_path / "a.tif", shape=(96, 160), nodata=0)))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=32, overlap=4)]
+    lender, opened = ReadingThreads(), []
+    real_open = reading.open_raster
+
+    def recording_open(href):
+        opened.append(threading.get_ident())
+        return real_open(href)
+
+    monkeypatch.setattr(reading, "open_raster", recording_open)
+    batches = []
+    for _ in range(2):  # two tasks in turn
+        with SceneReader(scene, threads=3, lender=lender) as reader:
+            batches.append(reader.read(windows))
+    assert len(opened) == 6 and set(opened[:3]) == set(opened[3:]) and len(set(opened)) == 3
+    with SceneReader(scene, threads=2, lender=lender) as one, SceneReader(scene, threads=2, lender=lender) as two:
+        one.read(windows), two.read(windows)  # two tasks at once: four distinct threads, one made anew
+    assert len(set(opened[6:])) == 4 and len(set(opened)) == 4
+    for rgb, valid in batches:  # (its plain reads open files in this thread)
+        _assert_each_equals_its_own_read(scene, windows, rgb, valid)
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork here")
+def test_a_forked_child_reads_with_threads_of_its_own(tmp_path):
+    """A child forked after reads has none of its parent's idle reading threads: it must not wait on them."""
+    scene = scene_from_raster(str(write_geotiff(tmp_path / "a.tif", shape=(64, 64))))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=32, overlap=4)]
+    with SceneReader(scene, threads=2) as reader:
+        expected, _ = reader.read(windows)  # leaves the process's reading threads idle
+    queue = multiprocessing.get_context("fork").SimpleQueue()
+    child = multiprocessing.get_context("fork").Process(target=_read_in_child, args=(scene, windows, queue))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forking a process with threads: what is tested
+        child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(queue.get(), expected)
+
+
+def _read_in_child(scene, windows, queue) -> None:
+    with SceneReader(scene, threads=2) as reader:
+        queue.put(reader.read(windows)[0])
