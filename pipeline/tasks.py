@@ -1,7 +1,7 @@
 """Tile-batch inference, the body of one Dask task: read tiles -> model -> write cores -> polygonise.
 
 A task gets a :class:`BatchTask` (paths, ids and small specs, never weights or pixels) and returns a
-:class:`BatchResult` (polygons, numbers, and the failure that stopped it, if any). While the model runs on one
+:class:`BatchResult` (each tile finished, numbers, and the failure that stopped it, if any). While the model runs on one
 batch, a thread reads the next and the task hands the one before over: each predicted tile goes, as uint8 codes,
 to the process's finisher pool, which writes its Zarr chunk, polygonises it and marks it done.
 
@@ -84,13 +84,27 @@ class TileFailure:
         return f"rows {w.row_off}-{w.row_end}, cols {w.col_off}-{w.col_end}: {self.message}"
 
 
+@dataclass(frozen=True)
+class FinishedTile:
+    """What finishing a tile sends back: its key, the objects its sidecar holds, whether it had no valid pixels,
+    and the seconds finishing took. Its polygons stay in the sidecar: a GPU worker's process would unpickle them from
+    its finisher processes holding the GIL its reads and launches need. A batch of 16 tiles of about 80 objects cost
+    the worker 33-56 ms of CPU with their polygons sent back, against 12-14 ms now (two runs, this project's 2-core
+    CPU, ``benchmarks/finish_handoff.py``, ``finish_handoff_results_back.json``)."""
+
+    key: str
+    objects: int
+    skipped: bool
+    seconds: float
+
+
 @dataclass
 class BatchResult:
-    """What a task sends back: each finished tile's polygons (scene pixel frame), timings in seconds, the
+    """What a task sends back: each finished tile (its polygons are in its sidecar), timings in seconds, the
     device the model ran on, and the failure that stopped the task early, if any."""
 
     scene_id: str
-    polygons: list[TilePolygons] = field(default_factory=list)
+    tiles: list[FinishedTile] = field(default_factory=list)
     computed: int = 0
     skipped: int = 0
     read_s: float = 0.0
@@ -120,7 +134,7 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
         Path(task.tiles_dir).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise output_error(Path(task.tiles_dir), err) from None
-    finishing: list[Future[tuple[TilePolygons, float]]] = []
+    finishing: list[Future[FinishedTile]] = []
     outputs = TileOutputs.of(task)
     queued: deque[_QueuedGroup] = deque()  # on the model, oldest first
     scene_reader = SceneReader(
@@ -146,11 +160,10 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
             finishing += _hand_over(resident, outputs, queued.popleft(), result)
     with resident.timed("finishing", task.tiles[-1].key if task.tiles else ""):  # the task's last writes
         for done in finishing:
-            polygons, seconds = done.result()
-            result.polygons.append(polygons)
-            result.write_s += seconds
-    result.skipped = sum(t.skipped for t in result.polygons)
-    result.computed = len(result.polygons) - result.skipped
+            result.tiles.append(done.result())
+            result.write_s += result.tiles[-1].seconds
+    result.skipped = sum(t.skipped for t in result.tiles)
+    result.computed = len(result.tiles) - result.skipped
     return result
 
 
@@ -182,7 +195,7 @@ def _queue_group(
 
 def _hand_over(
     resident: ResidentModel, outputs: TileOutputs, group: _QueuedGroup, result: BatchResult
-) -> list[Future[tuple[TilePolygons, float]]]:
+) -> list[Future[FinishedTile]]:
     """Wait for a group's codes and hand each tile's core to the finisher (a tile without data gets its marker)."""
     codes = None
     if group.codes is not None:
@@ -209,10 +222,9 @@ def _read_group(
         return batch, time.perf_counter() - start
 
 
-def finish_tile(outputs: TileOutputs, tile: Tile, codes: np.ndarray | None) -> tuple[TilePolygons, float]:
-    """Write a tile's core chunk, polygonise it and mark it done; codes: Q x h x w uint8 of the core, or None
-    for a tile without valid pixels (nothing written, only the marker). Returns its polygons and seconds taken.
-    """
+def finish_tile(outputs: TileOutputs, tile: Tile, codes: np.ndarray | None) -> FinishedTile:
+    """Write a tile's core chunk, polygonise it and mark it done (its sidecar); codes: Q x h x w uint8 of the
+    core, or None for a tile without valid pixels (nothing written, only the marker)."""
     start = time.perf_counter()
     if codes is None:
         polygons = TilePolygons.empty(tile.key, skipped=True)
@@ -225,4 +237,4 @@ def finish_tile(outputs: TileOutputs, tile: Tile, codes: np.ndarray | None) -> t
             codes, key=tile.key, core=tile.core, scene_shape=outputs.scene_shape, threshold=outputs.threshold
         )
     save_tile(polygons, tile_path(outputs.tiles_dir, tile))
-    return polygons, time.perf_counter() - start
+    return FinishedTile(tile.key, len(polygons), polygons.skipped, time.perf_counter() - start)

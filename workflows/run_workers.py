@@ -51,10 +51,8 @@ class WorkerLog:
 
 def run_on_worker(task: BatchTask) -> tuple[str, BatchResult]:
     """A task as the cluster runs it: :func:`~rsrs.pipeline.tasks.run_batch`, returning this worker's address and
-    the result without its polygons (the client streams them from the tile sidecars the task wrote)."""
-    result = run_batch(task)
-    result.polygons = []
-    return get_worker().address, result
+    the result (the client streams the polygons from the tile sidecars the task wrote)."""
+    return get_worker().address, run_batch(task)
 
 
 def killed_message(error: KilledWorker, tile: Tile) -> str:

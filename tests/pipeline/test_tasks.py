@@ -12,6 +12,7 @@ import zarr
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
+from rsrs.pipeline.polygons import load_tile
 from rsrs.pipeline.resident import (
     GROUPS_QUEUED,
     ModelRef,
@@ -20,7 +21,7 @@ from rsrs.pipeline.resident import (
     resident_model,
     set_recorder,
 )
-from rsrs.pipeline.tasks import BatchTask, run_batch
+from rsrs.pipeline.tasks import BatchTask, run_batch, tile_path
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
@@ -82,9 +83,11 @@ def test_tiles_finished_in_processes_equal_tiles_finished_in_threads(tmp_path, f
         assert resident.finisher.kind == kind
         assert result.computed + result.skipped == len(task.tiles) and result.computed > 0
         mosaic = zarr.open_array(task.store, path=f"{task.scene.id}/{VARIABLE}", mode="r")[:]
+        sidecars = [load_tile(tile_path(task.tiles_dir, tile)) for tile in task.tiles]
+        assert {t.key: len(t) for t in sidecars} == {t.key: t.objects for t in result.tiles}  # counts sent back
         polygons = sorted(
             (t.key, int(q), shapely.normalize(g).wkb, s)
-            for t in result.polygons
+            for t in sidecars
             for q, g, s in zip(t.query, t.geometry, t.prob_sum, strict=True)
         )
         outputs[kind] = mosaic, polygons, sorted(p.name for p in (tmp_path / kind / "tiles").iterdir())
@@ -129,7 +132,7 @@ def test_a_failed_read_ends_the_task_after_finishing_every_tile_queued_before_it
     readable = [t.key for t in task.tiles if t.read.row_off + t.read.height <= 60]
     assert result.failure is not None and len(readable) < len(task.tiles)
     assert len(readable) > GROUPS_QUEUED  # several groups were queued when the read failed
-    assert sorted(t.key for t in result.polygons) == sorted(readable)
+    assert sorted(t.key for t in result.tiles) == sorted(readable)
     assert sorted(p.stem for p in (tmp_path / "t" / "tiles").iterdir()) == sorted(readable)
 
 
