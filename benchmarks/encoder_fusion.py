@@ -16,7 +16,8 @@ saved as soon as it is measured.
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
               16 tiles of 256² and its expressions, for the agreement figures; needs rasterio; ``--scene F`` cuts
-              another uint8 RGB GeoTIFF, e.g. a real aerial image, into whole tiles instead)
+              another uint8 RGB GeoTIFF, e.g. a real aerial image, into whole tiles instead; ``--dtype float32``
+              compares the kernels without bf16's rounding)
 CPU smoke:    python -m benchmarks.encoder_fusion --preset tiny --batch 2 --iters 1 --fused
 """
 
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
     parser.add_argument("--demo", action="store_true", help="the demo model on the demo scene and its expressions")
     parser.add_argument("--scene", type=Path, default=DEMO / "scene.tif", help="with --demo: a uint8 RGB(+) GeoTIFF")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="the weights' and activations' dtype (auto: bf16 on a GPU, as workers run)")  # fmt: skip
     parser.add_argument("--trace", type=Path, help="chrome trace path; the variant's name goes before .json")
     parser.add_argument("--name", default="encoder_fusion", help="result file name under benchmarks/results/")
     args = parser.parse_args()
@@ -65,12 +68,12 @@ def main() -> None:
     if args.demo:  # trained weights and a real scene: masks that depend on the tiles (random ones barely do)
         args.preset, (tiles, queries) = "demo", demo_tiles_and_queries(args.scene)
         args.batch, args.tile_size = tiles.shape[0], tiles.shape[-1]
-        base = load_model("demo", device=device)
+        base = load_model("demo", device=device, dtype=args.dtype)
     else:
         g = torch.Generator().manual_seed(0)
         tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8, generator=g)
         queries = [QUERY]
-        base = load_model(args.preset, device=device, pretrained=False)
+        base = load_model(args.preset, device=device, pretrained=False, dtype=args.dtype)
     result: dict = {
         "preset": args.preset,
         **device_info(),
