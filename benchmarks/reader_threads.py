@@ -6,9 +6,10 @@ the GPU's next batch. A probe thread sleeps 2 ms at a time and records how late 
 late is a stall of the whole process. ``--tasks`` tasks in turn each read ``--batches`` groups of 16 tiles of the
 synthetic deflate scene of ``benchmarks.run_rss`` through a :class:`~rsrs.pipeline.reading.SceneReader` of
 ``--threads`` threads (8: what a 16-core GPU worker's tasks use), its threads made for the task (``fresh``, as before)
-or lent by one :class:`~rsrs.pipeline.reading.ReadingThreads` (``lent``: its first task makes them). Each setting
-reports the stalls during the tasks' first groups (which open the scene's files) and during their later groups, the
-longest, and the groups' median read seconds. ``open_cpu_ms`` is a thread's first raster open against its second,
+or lent by one :class:`~rsrs.pipeline.reading.ReadingThreads` (``lent``: its first task makes them; ``warmed``: made
+and set up before the tasks, as a GPU worker's warm-up does). Each setting reports the stalls during the tasks' first
+groups (which open the scene's files) and during their later groups, the longest, and the groups' median read
+seconds. ``open_cpu_ms`` is a thread's first raster open against its second,
 in CPU milliseconds of that thread: GDAL's and PROJ's per-thread set-up, with the GIL held.
 
 Run from the repository root:  python -m benchmarks.reader_threads [--size 8192] [--tasks 6] [--batches 3]
@@ -21,7 +22,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks._common import write_result
@@ -50,8 +50,9 @@ def open_cpu_ms(href: str) -> dict[str, float]:
     return {"first_open": round(spent[0], 2), "second_open": round(spent[1], 2)}
 
 
-def read_tasks(scene: Scene, lender: Callable[[], ReadingThreads], args: argparse.Namespace) -> dict:
-    """Read the tasks' groups in turn beside the probe; stalls and read seconds, first groups against later."""
+def read_tasks(scene: Scene, lender: ReadingThreads | None, args: argparse.Namespace) -> dict:
+    """Read the tasks' groups in turn beside the probe, their threads lent by ``lender`` (None: made for each task);
+    stalls and read seconds, first groups against later."""
     windows = [tile.read for tile in plan_tiles(scene.grid, tile_size=args.tile_size, overlap=64)]
     wakes: list[tuple[float, float]] = []  # (when woken, how late)
     stop = threading.Event()
@@ -68,7 +69,7 @@ def read_tasks(scene: Scene, lender: Callable[[], ReadingThreads], args: argpars
     prober.start()
     try:
         for t in range(args.tasks):
-            with SceneReader(scene, threads=args.threads, lender=lender()) as reader:
+            with SceneReader(scene, threads=args.threads, lender=lender or ReadingThreads()) as reader:
                 for b in range(args.batches):
                     start = (t * args.batches + b) * BATCH
                     group = [windows[(start + i) % len(windows)] for i in range(BATCH)]
@@ -111,9 +112,10 @@ def main() -> None:
         write_scene(path, args.size)
         scene = scene_from_raster(str(path))
         result["open_cpu_ms"] = [open_cpu_ms(str(path)) for _ in range(3)]
-        lent = ReadingThreads()
-        settings = {"fresh": ReadingThreads, "lent": lambda: lent}
         for repeat in range(args.repeats):
+            lent, warmed = ReadingThreads(), ReadingThreads()
+            warmed.warm(args.threads, niceness=0)
+            settings = {"fresh": None, "lent": lent, "warmed": warmed}
             for name, lender in settings.items():
                 result.setdefault(name, []).append(read_tasks(scene, lender, args))
                 print(name, repeat, result[name][-1], flush=True)

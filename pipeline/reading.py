@@ -25,9 +25,11 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
+from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -157,14 +159,15 @@ def _gdal_reason(err: BaseException) -> str:
 class ReadingThreads:
     """Reading threads that outlive the :class:`SceneReader` that uses them: each is lent to one reader at a time.
 
-    A thread's first raster open sets up GDAL's and PROJ's per-thread state while holding the GIL: 12-15 ms of CPU
-    against 1.3-1.7 ms for its second open, on this project's 2-core CPU. With threads made for each task, every
+    A thread's first raster open sets up GDAL's and PROJ's per-thread state while holding the GIL: 8-15 ms of CPU
+    against about 1 ms for its second open, on this project's 2-core CPU. With threads made for each task, every
     thread of the process waited as a task's first group was read (its 8 threads opening the scene's files): in
-    ``benchmarks/reader_threads.py``, a probe thread woke over 10 ms late for 61-63% of the first groups' read time,
-    against 9-23% with lent threads, and the first groups took 0.21-0.23 s against 0.13-0.15. In a GPU worker that
-    probe's stalls came only with reads, most with the tasks' first ones (65-73% of their time on an H200), and the
-    thread that queues the next batch waits as the probe does. Idle threads are kept, as many as the most readers
-    lent at once needed, per niceness: a thread's priority cannot be raised again.
+    ``benchmarks/reader_threads.py`` (``reader_threads.json``, 3 runs), a probe thread woke over 10 ms late for 51-54%
+    of the first groups' read time, against 14-18% with lent threads and 5-7% with threads warmed beforehand
+    (:meth:`warm`), and the first groups took 0.19 s against 0.13 and 0.12-0.13. In a GPU worker the probe's stalls
+    came only with reads, most with the tasks' first ones (65-73% of their time on an H200), and the thread that
+    queues the next batch waits as the probe does. Idle threads are kept, as many as the most readers lent at once
+    needed, per niceness: a thread's priority cannot be raised again.
     """
 
     def __init__(self) -> None:
@@ -184,6 +187,16 @@ class ReadingThreads:
                 self._made += 1
         return lent
 
+    def warm(self, count: int, niceness: int) -> None:
+        """Have ``count`` idle threads of ``niceness``, GDAL and PROJ set up in each (a GPU worker's warm-up), so that
+        the run's first tasks do not pay for it in their first reads."""
+        threads = self.borrow(count, niceness)
+        try:
+            for done in [thread.submit(_set_up_this_thread) for thread in threads]:
+                done.result()
+        finally:
+            self.give_back(threads, niceness)
+
     def give_back(self, threads: Sequence[ThreadPoolExecutor], niceness: int) -> None:
         """Keep ``threads`` (done with their reader: their files closed) for the next reader."""
         with self._lock:
@@ -193,6 +206,17 @@ class ReadingThreads:
         """Drop the idle threads without stopping them: in a forked child, which has none of its parent's threads."""
         self._lock = threading.Lock()
         self._idle = defaultdict(list)
+
+
+def _set_up_this_thread() -> None:
+    """Write and read back a 1-pixel GeoTIFF in a projected CRS: the per-thread set-up of GDAL and PROJ (PROJ's
+    database among it) that the thread's first open of a scene would otherwise pay, whatever the scene's CRS."""
+    with MemoryFile() as memory:
+        with memory.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8", crs="EPSG:32633",
+                         transform=Affine(1, 0, 500000, 0, -1, 0)) as dataset:  # fmt: skip
+            dataset.write(np.zeros((1, 1, 1), np.uint8))
+        with memory.open() as dataset:
+            dataset.crs.to_wkt()
 
 
 #: The process's reading threads, lent to each task's :class:`SceneReader`.

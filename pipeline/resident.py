@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from rsrs.pipeline.finisher import Finisher, FinisherKind, finisher_kind
+from rsrs.pipeline.finisher import IO_THREADS, Finisher, FinisherKind, finisher_kind
 from rsrs.pipeline.mosaic import quantise
 from rsrs.pipeline.read_gate import READ_NICENESS, ReadGate
+from rsrs.pipeline.reading import READING_THREADS
 from rsrs.pipeline.scenes import Scene, read_from_local_files
 
 if TYPE_CHECKING:
@@ -182,10 +183,12 @@ class ResidentModel:
 
     def warm_up(self, query_texts: Sequence[str], *, batch: int, tile: int, tasks: int = 1) -> None:
         """On a GPU, run the job's batch shape the way ``tasks`` tasks sharing it do, so its set-up is not paid in
-        tiles: graph capture, device memory, and the pinned host batches the tasks hold at once (each task its
-        queued groups and the one it reads), which torch's host allocator then keeps for them. Pinning them during
-        the run's first reads delayed the GPU's first batch."""
+        tiles: graph capture, device memory, the pinned host batches the tasks hold at once (each task its queued
+        groups and the one it reads), which torch's host allocator then keeps for them, and the tasks' reading
+        threads (:meth:`~rsrs.pipeline.reading.ReadingThreads.warm`). Pinning the batches, or setting GDAL up in
+        fresh threads, during the run's first reads delayed the GPU's first batches."""
         if self.device.type == "cuda":
+            READING_THREADS.warm(tasks * IO_THREADS, self.read_niceness)
             self._pinned_rows = batch
             inputs = [self.host_batch((batch, 3, tile, tile)) for _ in range(tasks * (GROUPS_QUEUED + 1))]
             for rgb in inputs:

@@ -289,3 +289,20 @@ def test_a_forked_child_reads_with_threads_of_its_own(tmp_path):
 def _read_in_child(scene, windows, queue) -> None:
     with SceneReader(scene, threads=2) as reader:
         queue.put(reader.read(windows)[0])
+
+
+def test_warmed_reading_threads_are_set_up_and_the_first_reader_reads_in_them(tmp_path, monkeypatch):
+    """A GPU worker's warm-up makes its tasks' reading threads and sets GDAL and PROJ up in each (a thread's first
+    open pays for that, holding the GIL): the run's first reader then reads in those threads, making none."""
+    scene = scene_from_raster(str(write_geotiff(tmp_path / "a.tif", shape=(96, 160))))
+    windows = [t.read for t in plan_tiles(scene.grid, tile_size=32, overlap=4)]
+    set_up, opened = [], []
+    real_set_up, real_open = reading._set_up_this_thread, reading.open_raster
+    monkeypatch.setattr(reading, "_set_up_this_thread", lambda: (set_up.append(threading.get_ident()), real_set_up()))
+    monkeypatch.setattr(reading, "open_raster", lambda href: (opened.append(threading.get_ident()), real_open(href))[1])
+    lender = ReadingThreads()
+    lender.warm(3, niceness=0)
+    assert len(set(set_up)) == 3 and threading.get_ident() not in set_up
+    with SceneReader(scene, threads=3, lender=lender) as reader:
+        reader.read(windows)
+    assert set(opened) == set(set_up)
