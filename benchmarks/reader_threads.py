@@ -1,5 +1,5 @@
-"""What a task's reads cost the other threads of its process: reading threads made for each task against threads
-lent again from task to task (:class:`rsrs.pipeline.reading.ReadingThreads`).
+"""What a task's reads cost the other threads of its process: reading threads made for each task, lent again from
+task to task, or lent and set up beforehand (:class:`rsrs.pipeline.reading.ReadingThreads`).
 
 A GPU worker's thread that queues batches shares the GIL with its tasks' reads, so a read that holds the GIL delays
 the GPU's next batch. A probe thread sleeps 2 ms at a time and records how late it wakes: a wake-up more than 10 ms

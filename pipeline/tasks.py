@@ -1,8 +1,8 @@
 """Tile-batch inference, the body of one Dask task: read tiles -> model -> write cores -> polygonise.
 
 A task gets a :class:`BatchTask` (paths, ids and small specs, never weights or pixels) and returns a
-:class:`BatchResult` (each tile finished, numbers, and the failure that stopped it, if any). While the model runs on one
-batch, a thread reads the next and the task hands the one before over: each predicted tile goes, as uint8 codes,
+:class:`BatchResult` (the tiles finished, numbers, and the failure that stopped it, if any). While the model runs on
+one batch, a thread reads the next and the task hands the one before over: each predicted tile goes, as uint8 codes,
 to the process's finisher pool, which writes its Zarr chunk, polygonises it and marks it done.
 
 Each tile is finished by writing its Zarr chunk and then its polygon sidecar ``<tiles_dir>/<key>.parquet``; the
