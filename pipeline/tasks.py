@@ -105,13 +105,25 @@ class BatchResult:
 
     scene_id: str
     tiles: list[FinishedTile] = field(default_factory=list)
-    computed: int = 0
-    skipped: int = 0
     read_s: float = 0.0
     model_s: float = 0.0  # GPU time of the model's batches on a GPU, else the wall time it ran
-    write_s: float = 0.0
     device: str = ""
     failure: TileFailure | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Tiles finished without valid pixels (only their marker written)."""
+        return sum(t.skipped for t in self.tiles)
+
+    @property
+    def computed(self) -> int:
+        """Tiles the model computed and finished."""
+        return len(self.tiles) - self.skipped
+
+    @property
+    def write_s(self) -> float:
+        """Seconds the finishers spent on this task's tiles."""
+        return sum(t.seconds for t in self.tiles)
 
 
 def tile_path(tiles_dir: str | Path, tile: Tile) -> Path:
@@ -159,11 +171,7 @@ def _run_batch(resident: ResidentModel, task: BatchTask) -> BatchResult:
         while queued:  # the groups read before the last one (or before a failed read) are finished too
             finishing += _hand_over(resident, outputs, queued.popleft(), result)
     with resident.timed("finishing", task.tiles[-1].key if task.tiles else ""):  # the task's last writes
-        for done in finishing:
-            result.tiles.append(done.result())
-            result.write_s += result.tiles[-1].seconds
-    result.skipped = sum(t.skipped for t in result.tiles)
-    result.computed = len(result.tiles) - result.skipped
+        result.tiles += [done.result() for done in finishing]
     return result
 
 
