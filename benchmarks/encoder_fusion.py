@@ -10,8 +10,9 @@ variant's top device operators.
 
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
-``--fused``; ``--fp8``: float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are
-saved as soon as it is measured.
+``--fused``, once per ``--mode`` (``default,max-autotune-no-cudagraphs`` compiles each both ways); ``--fp8``:
+float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
+measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
@@ -54,7 +55,17 @@ def main() -> None:
     parser.add_argument("--kernel", default="channels", choices=KERNELS, help="with --fused: SAM's attention kernel")
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
     parser.add_argument("--fp8", action="store_true", help="time float8 linear layers, uncompiled and compiled")
-    parser.add_argument("--mode", default="default", choices=COMPILE_MODES, help="torch.compile mode")
+    parser.add_argument(
+        "--mode",
+        default="default",
+        type=_modes,
+        help=f"torch.compile modes, comma-separated, each a variant: {', '.join(COMPILE_MODES)}",
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        help="run only these variants (comma-separated names; eager, the reference, always runs)",
+    )
     parser.add_argument("--demo", action="store_true", help="the demo model on the demo scene and its expressions")
     parser.add_argument("--scene", type=Path, default=DEMO / "scene.tif", help="with --demo: a uint8 RGB(+) GeoTIFF")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
@@ -82,7 +93,7 @@ def main() -> None:
         "batch": args.batch,
         "tile_size": args.tile_size,
         "build_seconds": round(time.perf_counter() - t0, 1),
-        "compile_mode": args.mode,
+        "compile_modes": args.mode,
         "compile_cache": str(compile_cache_dir()),
         "compile_cache_had_entries": compile_cache_dir().is_dir() and any(compile_cache_dir().iterdir()),
     }
@@ -92,7 +103,7 @@ def main() -> None:
 
     eager_logits = None
     for name, options in _variants(args):
-        model = base if options is None else accelerate(copy.deepcopy(base), mode=args.mode, **options)
+        model = base if options is None else accelerate(copy.deepcopy(base), **options)
         t0 = time.perf_counter()
         logits = _logits(model, tiles, text)
         first_call = time.perf_counter() - t0
@@ -142,17 +153,27 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first.
 
     'compiled' keeps transformers' attention and convolutions; the fused variants add SAM's fused attention and
-    the patch matmuls, as ``accelerate`` does by default."""
+    the patch matmuls, as ``accelerate`` does by default. Compiled variants come once per mode, named with the
+    mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     if args.fused:
         variants.append(("fused", {"compile": False, "fused_attention": args.kernel}))
-    if args.compile:
-        variants.append(("compiled", {"fused_attention": False, "patch_matmuls": False}))
+    for mode in args.mode if args.compile else []:
+        suffix = "" if mode == "default" else "_" + mode.replace("-", "_")
+        variants.append(("compiled" + suffix, {"fused_attention": False, "patch_matmuls": False, "mode": mode}))
         if args.fused:
-            variants.append(("fused_compiled", {"fused_attention": args.kernel}))
+            variants.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
     if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
         variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
-    return variants
+    return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]
+
+
+def _modes(text: str) -> list[str]:
+    """``--mode``'s comma-separated torch.compile modes, checked."""
+    modes = text.split(",")
+    if unknown := set(modes) - set(COMPILE_MODES):
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {sorted(unknown)}: choose from {', '.join(COMPILE_MODES)}")
+    return modes
 
 
 def _logits(model, tiles: torch.Tensor, text) -> torch.Tensor:

@@ -42,6 +42,10 @@ except ImportError:  # torch < 2.5
 
 Kernel = Literal["channels", "flex", "sdpa"]
 KERNELS: tuple[Kernel, ...] = ("channels", "flex", "sdpa")
+#: Query/key channels of the 'channels' kernel come in whole multiples of this (16 bytes of bf16): its fused
+#: kernels need it, and relative-position tables this wide are aligned matmul outputs (SAM-B's 14-wide windows
+#: took a slow unaligned kernel).
+CHANNEL_MULTIPLE = 8
 
 
 def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "channels") -> int:
@@ -83,14 +87,15 @@ def fused_sam_attention_forward(
     heads = self.num_attention_heads
     qkv = self.qkv(hidden_states).reshape(B, H * W, 3, heads, -1).permute(2, 0, 3, 1, 4)  # 3 x B x heads x N x d
     query, key, value = qkv.unbind(0)
+    dropout = self.dropout if self.training else 0.0
     if not self.use_rel_pos:
         out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+    elif self.fused_kernel == "channels":
+        rel_h, rel_w = relative_position_tables(self, query, height=H, width=W, keys_multiple=CHANNEL_MULTIPLE)
+        out = _sdpa_with_position_channels(query, key, value, rel_h, rel_w, width=W, scale=self.scale, dropout=dropout)
     else:
         rel_h, rel_w = relative_position_tables(self, query, height=H, width=W)
-        dropout = self.dropout if self.training else 0.0
-        if self.fused_kernel == "channels":
-            out = _sdpa_with_position_channels(query, key, value, rel_h, rel_w, scale=self.scale, dropout=dropout)
-        elif _flex_runs(self, query):
+        if _flex_runs(self, query):
             out = _flex_with_relative_positions(query, key, value, rel_h, rel_w, scale=self.scale)
         else:
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, heads, H * W, H * W)  # key index ky*W + kx
@@ -100,21 +105,27 @@ def fused_sam_attention_forward(
 
 
 def relative_position_tables(
-    layer: SamVisionAttention, query: torch.Tensor, *, height: int, width: int
+    layer: SamVisionAttention, query: torch.Tensor, *, height: int, width: int, keys_multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two decomposed relative-position terms of every query, per key row and per key column.
 
     query: B x heads x N x d (unscaled, N = height * width, row-major)
-    -> rel_h: B x heads x N x height (q . Rh[qy, ky]), rel_w: B x heads x N x width (q . Rw[qx, kx]);
-    in the query's dtype, as transformers computes them.
+    -> rel_h: B x heads x N x height' (q . Rh[qy, ky]), rel_w: B x heads x N x width' (q . Rw[qx, kx]);
+    in the query's dtype, as transformers computes them. height' and width' are height and width rounded up to
+    a multiple of ``keys_multiple``; the extra key rows and columns hold zeros.
     """
     B, heads, N, d = query.shape
-    emb_h = layer.get_rel_pos(height, height, layer.rel_pos_h)  # height x height x d: query row x key row
-    emb_w = layer.get_rel_pos(width, width, layer.rel_pos_w)  # width x width x d: query column x key column
+    emb_h = _keys_padded(layer.get_rel_pos(height, height, layer.rel_pos_h), keys_multiple)  # H x H' x d: q row x k row
+    emb_w = _keys_padded(layer.get_rel_pos(width, width, layer.rel_pos_w), keys_multiple)  # W x W' x d: q col x k col
     grid = query.reshape(B, heads, height, width, d)
-    rel_h = torch.einsum("bnyxd,ykd->bnyxk", grid, emb_h).reshape(B, heads, N, height)
-    rel_w = torch.einsum("bnyxd,xkd->bnyxk", grid, emb_w).reshape(B, heads, N, width)
+    rel_h = torch.einsum("bnyxd,ykd->bnyxk", grid, emb_h).reshape(B, heads, N, -1)
+    rel_w = torch.einsum("bnyxd,xkd->bnyxk", grid, emb_w).reshape(B, heads, N, -1)
     return rel_h, rel_w
+
+
+def _keys_padded(table: torch.Tensor, multiple: int) -> torch.Tensor:
+    """queries x keys x d -> queries x keys' x d, keys' the next multiple of ``multiple``, zeros in the new keys."""
+    return F.pad(table, (0, 0, 0, -table.shape[1] % multiple))
 
 
 def _flex_runs(layer: SamVisionAttention, query: torch.Tensor) -> bool:
@@ -132,21 +143,23 @@ def _sdpa_with_position_channels(
     rel_h: torch.Tensor,
     rel_w: torch.Tensor,
     *,
+    width: int,
     scale: float,
     dropout: float,
 ) -> torch.Tensor:
     """Maskless SDPA whose scores gain rel_h[q, key row] + rel_w[q, key column] through extra channels.
 
-    query, key, value: B x heads x N x d; rel_h: B x heads x N x H; rel_w: B x heads x N x W  ->  B x heads x N x d.
+    query, key, value: B x heads x N x d; rel_h: B x heads x N x H'; rel_w: B x heads x N x W' (H' >= H key rows,
+    W' >= ``width`` key columns; a key's one-hot channels beyond its grid stay zero)  ->  B x heads x N x d.
     The query is scaled before SDPA (scale 1), as transformers' eager SAM attention does; query and key channels
-    are padded with zeros to a multiple of 8, which the fused kernels need.
+    are padded with zeros to a multiple of CHANNEL_MULTIPLE, which the fused kernels need.
     """
     B, heads, N, d = query.shape
-    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    key_rows, key_columns = rel_h.shape[-1], rel_w.shape[-1]
     token = torch.arange(N, device=key.device)
-    key_row = (token[:, None] // width == torch.arange(height, device=key.device)).to(key.dtype)  # N x H one-hot
-    key_column = (token[:, None] % width == torch.arange(width, device=key.device)).to(key.dtype)  # N x W one-hot
-    pad = -(d + height + width) % 8
+    key_row = (token[:, None] // width == torch.arange(key_rows, device=key.device)).to(key.dtype)  # N x H' one-hot
+    key_column = (token[:, None] % width == torch.arange(key_columns, device=key.device)).to(key.dtype)  # N x W'
+    pad = -(d + key_rows + key_columns) % CHANNEL_MULTIPLE  # 0 when d is a multiple too
     query = torch.cat([query * scale, rel_h, rel_w, query.new_zeros(B, heads, N, pad)], dim=-1)  # ... x N x d'
     key_channels = torch.cat([key_row, key_column, key.new_zeros(N, pad)], dim=-1).expand(B, heads, N, -1)
     key = torch.cat([key, key_channels], dim=-1)  # B x heads x N x d'

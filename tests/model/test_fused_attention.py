@@ -8,7 +8,7 @@ from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSd
 
 from rsrs.model import load_model
 from rsrs.model.config import get_model_config
-from rsrs.model.fused_attention import fuse_sam_attention, is_fused
+from rsrs.model.fused_attention import fuse_sam_attention, is_fused, relative_position_tables
 from rsrs.model.rsrefseg.sam import sam_config
 
 # FlexAttention outside torch.compile (the CPU reference the tests use) warns that it is unfused.
@@ -94,6 +94,20 @@ def test_fused_tiny_sam_vision_encoder_equals_unfused(kernel):
         got = fused(pixels).last_hidden_state
     assert fused.state_dict().keys() == encoder.state_dict().keys()
     torch.testing.assert_close(got, expected)
+
+
+def test_relative_position_tables_padded_to_whole_multiples_keep_their_terms_and_add_zero_keys():
+    layer = tiny_sam_attention(SamVisionAttention, window_size=0)
+    heads = layer.num_attention_heads
+    query = torch.randn(
+        2, heads, 6 * 10, layer.qkv.out_features // 3 // heads, generator=torch.Generator().manual_seed(6)
+    )
+    rel_h, rel_w = relative_position_tables(layer, query, height=6, width=10)
+    padded_h, padded_w = relative_position_tables(layer, query, height=6, width=10, keys_multiple=8)
+    assert (rel_h.shape[-1], rel_w.shape[-1], padded_h.shape[-1], padded_w.shape[-1]) == (6, 10, 8, 16)
+    torch.testing.assert_close(padded_h[..., :6], rel_h)
+    torch.testing.assert_close(padded_w[..., :10], rel_w)
+    assert not padded_h[..., 6:].any() and not padded_w[..., 10:].any()
 
 
 def test_unknown_kernel_is_refused():
