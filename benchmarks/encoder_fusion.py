@@ -10,7 +10,8 @@ variant's top device operators.
 
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
-``--fused``, once per ``--mode`` (``default,max-autotune-no-cudagraphs`` compiles each both ways); ``--fp8``:
+``--fused``, once per ``--mode`` (``default,max-autotune-no-cudagraphs`` compiles each both ways);
+``--gelu-epilogues``: each fused variant again with SigLIP's MLP GELU in cuBLASLt's matmul epilogue; ``--fp8``:
 float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
 measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
@@ -39,6 +40,7 @@ from benchmarks._common import device_info, timed, write_result
 from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
 from rsrs.model.fused_attention import KERNELS
+from rsrs.model.gelu_epilogue import has_gelu_epilogue
 from rsrs.pipeline.resident import stored_codes
 
 QUERY = "the red-roofed buildings"
@@ -55,6 +57,11 @@ def main() -> None:
     parser.add_argument("--kernel", default="channels", choices=KERNELS, help="with --fused: SAM's attention kernel")
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
     parser.add_argument("--fp8", action="store_true", help="time float8 linear layers, uncompiled and compiled")
+    parser.add_argument(
+        "--gelu-epilogues",
+        action="store_true",
+        help="with --fused: each fused variant also with SigLIP's MLP GELU in the matmul epilogue",
+    )
     parser.add_argument(
         "--mode",
         default="default",
@@ -113,6 +120,7 @@ def main() -> None:
         code_steps = (codes.int() - eager_codes.int()).abs()
         entry = {
             "attention": attention_kernels(model),
+            "gelu_epilogues": sum(has_gelu_epilogue(m) for m in model.modules()),
             "first_call_seconds": round(first_call, 1),
             "max_abs_logit_difference": float((logits - eager_logits).abs().max()),
             "mask_pixels_equal": round(float(((logits > 0) == (eager_logits > 0)).float().mean()), 6),
@@ -156,13 +164,18 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     the patch matmuls, as ``accelerate`` does by default. Compiled variants come once per mode, named with the
     mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
+    fused: list[tuple[str, dict]] = []  # each also with the GELU epilogues when asked
     if args.fused:
-        variants.append(("fused", {"compile": False, "fused_attention": args.kernel}))
+        fused.append(("fused", {"compile": False, "fused_attention": args.kernel}))
     for mode in args.mode if args.compile else []:
         suffix = "" if mode == "default" else "_" + mode.replace("-", "_")
         variants.append(("compiled" + suffix, {"fused_attention": False, "patch_matmuls": False, "mode": mode}))
         if args.fused:
-            variants.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
+            fused.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
+    for name, options in fused:
+        variants.append((name, options))
+        if args.gelu_epilogues:
+            variants.append((f"{name}_gelu_epilogues", {**options, "gelu_epilogues": True}))
     if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
         variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]

@@ -33,6 +33,7 @@ from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipVi
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Attention, Siglip2VisionModel
 
 from rsrs.model.fused_attention import Kernel, fuse_sam_attention, is_fused
+from rsrs.model.gelu_epilogue import fuse_gelu_epilogues
 from rsrs.model.patch_embedding import patch_convolutions_as_matmuls
 
 #: The image encoders :func:`accelerate` compiles (the outermost one where they nest).
@@ -56,6 +57,7 @@ def accelerate(
     compile: bool = True,
     fused_attention: bool | Kernel = True,
     patch_matmuls: bool = True,
+    gelu_epilogues: bool = False,
     fp8: bool = False,
     mode: str = "default",
 ) -> nn.Module:
@@ -67,6 +69,8 @@ def accelerate(
     ``patch_matmuls``: the image encoders' patch-embedding convolutions as one matmul (rsrs.model.patch_embedding).
     With both, on an H200, rsrefseg-b's ``encode_images`` ran at 138 tiles/s against 73 eager, and 185 against 158
     compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
+    ``gelu_epilogues``: SigLIP's MLPs add their first bias and apply GELU in cuBLASLt's matmul epilogue on a GPU
+    (rsrs.model.gelu_epilogue; off until its speed is measured on one).
     ``fp8``: the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers, off
     by default.
     ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.
@@ -83,6 +87,8 @@ def accelerate(
     use_sdpa_attention(model)
     if fused_attention:
         fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))
+    if gelu_epilogues:
+        fuse_gelu_epilogues(model)
     encoders = image_encoders(model).values()
     if patch_matmuls:
         for encoder in encoders:

@@ -27,13 +27,14 @@ parameters, their names, LoRA adapters on ``qkv``/``proj`` and the ``get_rel_pos
 from __future__ import annotations
 
 import functools
-from types import MethodType
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention
+
+from rsrs.model.instance_forward import bind_forward, runs_forward
 
 try:
     from torch.nn.attention.flex_attention import flex_attention
@@ -65,14 +66,12 @@ def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "channels") -> int:
     layers = [m for m in model.modules() if isinstance(m, SamVisionAttention)]
     for layer in layers:
         layer.fused_kernel = kernel
-        layer.forward = MethodType(fused_sam_attention_forward, layer)
-    return len(layers)
+    return bind_forward(layers, fused_sam_attention_forward)
 
 
 def is_fused(module: nn.Module) -> bool:
     """Whether ``module`` is a SAM ViT attention layer running :func:`fused_sam_attention_forward`."""
-    forward = getattr(module, "forward", None)
-    return getattr(forward, "__func__", None) is fused_sam_attention_forward
+    return runs_forward(module, fused_sam_attention_forward)
 
 
 def fused_sam_attention_forward(

@@ -12,19 +12,16 @@ Applied after construction (STYLE rule 4): each such convolution's ``forward`` i
 
 from __future__ import annotations
 
-from types import MethodType
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsrs.model.instance_forward import bind_forward, runs_forward
+
 
 def patch_convolutions_as_matmuls(module: nn.Module) -> int:
     """Give every patch-embedding convolution in ``module`` the matmul forward; returns how many it changed."""
-    convolutions = [m for m in module.modules() if is_patch_convolution(m)]
-    for convolution in convolutions:
-        convolution.forward = MethodType(patch_matmul_forward, convolution)
-    return len(convolutions)
+    return bind_forward([m for m in module.modules() if is_patch_convolution(m)], patch_matmul_forward)
 
 
 def is_patch_convolution(module: nn.Module) -> bool:
@@ -58,5 +55,4 @@ def patch_matmul_forward(self: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
 
 def is_patch_matmul(module: nn.Module) -> bool:
     """Whether ``module`` is a convolution running :func:`patch_matmul_forward`."""
-    forward = getattr(module, "forward", None)
-    return getattr(forward, "__func__", None) is patch_matmul_forward
+    return runs_forward(module, patch_matmul_forward)

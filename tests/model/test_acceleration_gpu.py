@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rsrs.model import batch_predictor, get_model_config, load_model
 from rsrs.model.acceleration import accelerate, attention_kernels
+from rsrs.model.gelu_epilogue import has_gelu_epilogue
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
 
@@ -75,6 +76,18 @@ def test_patch_matmuls_embed_like_the_convolutions_within_bf16(rsrefseg_b):
         ]:
             pixels = torch.rand(2, 3, size, size, device="cuda", dtype=torch.bfloat16)
             assert relative_error(embed(pixels), reference(pixels)) < 1e-2
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_gelu_epilogue_siglip_tower_encodes_like_transformers_within_bf16(rsrefseg_b, compile):
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile, gelu_epilogues=True)
+    mlps = [m for m in fast.siglip.vision_model.modules() if has_gelu_epilogue(m)]
+    assert len(mlps) == 27  # one per encoder layer of so400m
+    pixels = torch.rand(2, 3, 384, 384, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = rsrefseg_b.siglip.vision_model(pixel_values=pixels).last_hidden_state
+        got = fast.siglip.vision_model(pixel_values=pixels).last_hidden_state
+    assert relative_error(got, expected) < 2e-2
 
 
 def test_siglip_vision_tower_runs_on_flash_attention(rsrefseg_b):
