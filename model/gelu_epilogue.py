@@ -2,10 +2,10 @@
 
 Compiled, SigLIP so400m's first MLP matmul (batch 32 at 384 px: 23,328 tokens x 1152 @ 1152 x 4304) ran on an H200
 as three kernels: its bias copied into the output (0.17 ms), a matmul adding onto it (0.32 ms) and the GELU (0.13
-ms), 27 layers a batch (benchmarks/results/traces_autotune/). Inductor passes the bias broadcast to the output's
-shape, and ATen takes cuBLASLt's bias epilogue only for a 1-D bias. ``torch._addmm_activation`` with the 1-D bias
-and ``use_gelu`` is one cuBLASLt call whose epilogue adds the bias and applies GELU's tanh approximation, which is
-the activation SigLIP and SigLIP2 use ('gelu_pytorch_tanh'); inductor keeps it as one call.
+ms), 27 layers a batch (benchmarks/results/traces_autotune/): the bias reached ATen's addmm broadcast to the
+output's shape, and ATen takes cuBLASLt's bias epilogue only for a 1-D bias. ``torch._addmm_activation`` with the
+1-D bias and ``use_gelu`` is one cuBLASLt call whose epilogue adds the bias and applies GELU's tanh approximation,
+which is the activation SigLIP and SigLIP2 use ('gelu_pytorch_tanh'); inductor keeps it as one call.
 
 On the CPU ``_addmm_activation`` applies the exact GELU instead, so there a layer keeps transformers' forward.
 Applied after construction (STYLE rule 4): each MLP's ``forward`` is replaced on the instance; ``fc1``/``fc2``,
