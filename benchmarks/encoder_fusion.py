@@ -10,7 +10,7 @@ variant's top device operators.
 
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
-``--fused``, once per ``--mode`` (``default,max-autotune-no-cudagraphs`` compiles each both ways);
+``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways);
 ``--gelu-epilogues``: each fused variant again with SigLIP's MLP GELU in cuBLASLt's matmul epilogue; ``--fp8``:
 float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
 measured; ``--only a,b`` runs only the variants named (and eager, the reference).

@@ -46,8 +46,15 @@ IMAGE_ENCODER_TYPES: tuple[type[nn.Module], ...] = (
 )
 #: Attention layers that pick their kernel from ``config._attn_implementation`` at every call.
 CONFIGURED_ATTENTION_TYPES: tuple[type[nn.Module], ...] = (SiglipAttention, Siglip2Attention, Sam2MultiScaleAttention)
-#: torch.compile modes that do not capture CUDA graphs of their own.
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+#: inductor's settings by mode, none capturing CUDA graphs of its own: torch's 'default' and
+#: 'max-autotune-no-cudagraphs' (its settings as torch 2.11 lists them), and 'coordinate-descent', which tunes the
+#: launch settings of inductor's own kernels (element-wise work, norms) but does not autotune matmuls: with that,
+#: max-autotune had not compiled rsrefseg-b after 590 s on an H200 (encoder_fusion_rsrefseg-b_autotune.json).
+COMPILE_MODES: dict[str, dict[str, bool]] = {
+    "default": {},
+    "max-autotune-no-cudagraphs": {"max_autotune": True, "coordinate_descent_tuning": True},
+    "coordinate-descent": {"coordinate_descent_tuning": True},
+}
 COMPILE_CACHE_ENV = "RSRS_COMPILE_CACHE"
 
 
@@ -78,7 +85,7 @@ def accelerate(
     """
     if compile and mode not in COMPILE_MODES:
         raise ValueError(
-            f"compile mode must be one of {COMPILE_MODES} (rsrs captures its own CUDA graphs), got {mode!r}"
+            f"compile mode must be one of {tuple(COMPILE_MODES)} (rsrs captures its own CUDA graphs), got {mode!r}"
         )
     if fp8:  # first: it refuses machines it cannot run on before anything has changed
         from rsrs.model.fp8 import fp8_image_encoders
@@ -96,7 +103,7 @@ def accelerate(
     if compile:
         use_compile_cache()
         for encoder in encoders:
-            encoder.compile(mode=mode, dynamic=False)
+            encoder.compile(options=COMPILE_MODES[mode], dynamic=False)
     return model
 
 
