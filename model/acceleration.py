@@ -47,7 +47,7 @@ IMAGE_ENCODER_TYPES: tuple[type[nn.Module], ...] = (
 #: Attention layers that pick their kernel from ``config._attn_implementation`` at every call.
 CONFIGURED_ATTENTION_TYPES: tuple[type[nn.Module], ...] = (SiglipAttention, Siglip2Attention, Sam2MultiScaleAttention)
 #: inductor's settings by mode, none capturing CUDA graphs of its own: torch's 'default' and
-#: 'max-autotune-no-cudagraphs' (its settings as torch 2.11 lists them), and 'coordinate-descent', which tunes the
+#: 'max-autotune-no-cudagraphs' (torch's own settings for it), and 'coordinate-descent', which tunes the
 #: launch settings of inductor's own kernels (element-wise work, norms) but does not autotune matmuls: with that,
 #: max-autotune had not compiled rsrefseg-b after 590 s on an H200 (encoder_fusion_rsrefseg-b_autotune.json).
 COMPILE_MODES: dict[str, dict[str, bool]] = {
