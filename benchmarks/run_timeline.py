@@ -206,8 +206,8 @@ def stalled_share_of_reads(
 ) -> dict[str, float]:
     """The share of the time the stall probe was late during the tasks' first reads (a task's first group has the
     task's key), during their later reads (outside first ones), and with no read running."""
-    first = _union([(r[2], r[3]) for r in reads if r[4] in task_keys])
-    later = _minus(_union([(r[2], r[3]) for r in reads if r[4] not in task_keys]), first)
+    first = _union(_spans([r for r in reads if r[4] in task_keys]))
+    later = _minus(_union(_spans([r for r in reads if r[4] not in task_keys])), first)
     outside = _minus([span], _union(first + later))
     stalled = _union(_spans(stalls))
 

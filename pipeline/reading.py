@@ -182,8 +182,8 @@ class ReadingThreads:
             idle = self._idle[niceness]
             lent = [idle.pop() for _ in range(min(count, len(idle)))]
             for _ in range(count - len(lent)):
-                lent.append(ThreadPoolExecutor(1, f"rsrs-read-{self._made}", initializer=lower_this_threads_priority,
-                                               initargs=(niceness,)))  # fmt: skip
+                name = f"rsrs-read-{self._made}"
+                lent.append(ThreadPoolExecutor(1, name, initializer=lower_this_threads_priority, initargs=(niceness,)))
                 self._made += 1
         return lent
 

@@ -27,8 +27,7 @@ def test_gelu_epilogues_go_to_every_siglip_mlp_whose_fc1_is_a_plain_linear_layer
 
 
 def test_an_mlp_with_another_activation_is_left_alone(tiny):
-    mlp = copy.deepcopy(next(iter(siglip_mlps(tiny).values())))
-    mlp.config = copy.copy(mlp.config)
+    mlp = copy.deepcopy(next(iter(siglip_mlps(tiny).values())))  # its own copy of the config too
     mlp.config.hidden_act = "gelu"  # exact GELU: not what the epilogue computes
     assert fuse_gelu_epilogues(mlp) == 0 and not has_gelu_epilogue(mlp)
 
