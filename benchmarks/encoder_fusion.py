@@ -11,7 +11,8 @@ variant's top device operators.
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
 ``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways);
-``--gelu-epilogues``: each fused variant again with SigLIP's MLP GELU in cuBLASLt's matmul epilogue; ``--fp8``:
+``--no-gelu-epilogues``: each fused variant again with SigLIP's MLP as transformers runs it (the fused variants
+have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--fp8``:
 float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
 measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
@@ -58,9 +59,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="time compiled encoders")
     parser.add_argument("--fp8", action="store_true", help="time float8 linear layers, uncompiled and compiled")
     parser.add_argument(
-        "--gelu-epilogues",
+        "--no-gelu-epilogues",
         action="store_true",
-        help="with --fused: each fused variant also with SigLIP's MLP GELU in the matmul epilogue",
+        help="with --fused: each fused variant also without SigLIP's MLP GELU in the matmul epilogue",
     )
     parser.add_argument(
         "--mode",
@@ -160,22 +161,23 @@ def demo_tiles_and_queries(scene: Path, tile: int = 256) -> tuple[torch.Tensor, 
 def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first.
 
-    'compiled' keeps transformers' attention and convolutions; the fused variants add SAM's fused attention and
-    the patch matmuls, as ``accelerate`` does by default. Compiled variants come once per mode, named with the
-    mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
+    'compiled' keeps transformers' attention, convolutions and MLPs; the fused variants add SAM's fused attention,
+    the patch matmuls and SigLIP's GELU epilogues, as ``accelerate`` does by default. Compiled variants come once
+    per mode, named with the mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
-    fused: list[tuple[str, dict]] = []  # each also with the GELU epilogues when asked
+    fused: list[tuple[str, dict]] = []  # each also without the GELU epilogues when asked
     if args.fused:
         fused.append(("fused", {"compile": False, "fused_attention": args.kernel}))
     for mode in args.mode if args.compile else []:
         suffix = "" if mode == "default" else "_" + mode.replace("-", "_")
-        variants.append(("compiled" + suffix, {"fused_attention": False, "patch_matmuls": False, "mode": mode}))
+        stock = {"fused_attention": False, "patch_matmuls": False, "gelu_epilogues": False}
+        variants.append(("compiled" + suffix, {**stock, "mode": mode}))
         if args.fused:
             fused.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
     for name, options in fused:
         variants.append((name, options))
-        if args.gelu_epilogues:
-            variants.append((f"{name}_gelu_epilogues", {**options, "gelu_epilogues": True}))
+        if args.no_gelu_epilogues:
+            variants.append((f"{name}_no_gelu_epilogues", {**options, "gelu_epilogues": False}))
     if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
         variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]

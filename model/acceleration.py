@@ -64,7 +64,7 @@ def accelerate(
     compile: bool = True,
     fused_attention: bool | Kernel = True,
     patch_matmuls: bool = True,
-    gelu_epilogues: bool = False,
+    gelu_epilogues: bool = True,
     fp8: bool = False,
     mode: str = "default",
 ) -> nn.Module:
@@ -77,7 +77,8 @@ def accelerate(
     With both, on an H200, rsrefseg-b's ``encode_images`` ran at 138 tiles/s against 73 eager, and 185 against 158
     compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
     ``gelu_epilogues``: SigLIP's MLPs add their first bias and apply GELU in cuBLASLt's matmul epilogue on a GPU
-    (rsrs.model.gelu_epilogue; off until its speed is measured on one).
+    (rsrs.model.gelu_epilogue; compiled rsrefseg-b's workers' function 193 against 186 tiles/s on an H200,
+    encoder_fusion_rsrefseg-b_gelu.json); not with ``fp8``, whose float8 weights take torchao's matmuls.
     ``fp8``: the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers, off
     by default.
     ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.
@@ -94,7 +95,7 @@ def accelerate(
     use_sdpa_attention(model)
     if fused_attention:
         fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))
-    if gelu_epilogues:
+    if gelu_epilogues and not fp8:
         fuse_gelu_epilogues(model)
     encoders = image_encoders(model).values()
     if patch_matmuls:

@@ -80,7 +80,7 @@ def test_patch_matmuls_embed_like_the_convolutions_within_bf16(rsrefseg_b):
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_gelu_epilogue_siglip_tower_encodes_like_transformers_within_bf16(rsrefseg_b, compile):
-    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile, gelu_epilogues=True)
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile)  # epilogues by default
     mlps = [m for m in fast.siglip.vision_model.modules() if has_gelu_epilogue(m)]
     assert len(mlps) == 27  # one per encoder layer of so400m
     pixels = torch.rand(2, 3, 384, 384, device="cuda", dtype=torch.bfloat16)

@@ -9,7 +9,7 @@ import torch
 from transformers.models.siglip.modeling_siglip import SiglipMLP
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MLP
 
-from rsrs.model import load_model
+from rsrs.model import fp8, load_model
 from rsrs.model.acceleration import accelerate
 from rsrs.model.gelu_epilogue import fuse_gelu_epilogues, has_gelu_epilogue
 from tests.model.conftest import random_tiles
@@ -32,10 +32,11 @@ def test_an_mlp_with_another_activation_is_left_alone(tiny):
     assert fuse_gelu_epilogues(mlp) == 0 and not has_gelu_epilogue(mlp)
 
 
-def test_off_a_gpu_an_epilogue_mlp_computes_transformers_forward_and_keeps_its_parameters(tiny):
+def test_accelerate_gives_epilogues_by_default_and_off_a_gpu_they_compute_transformers_forward(tiny):
     options = {"compile": False, "fused_attention": False, "patch_matmuls": False}  # SDPA attention in both
-    model = accelerate(copy.deepcopy(tiny), **options)
-    fast = accelerate(copy.deepcopy(tiny), **options, gelu_epilogues=True)
+    model = accelerate(copy.deepcopy(tiny), **options, gelu_epilogues=False)
+    fast = accelerate(copy.deepcopy(tiny), **options)
+    assert not any(has_gelu_epilogue(mlp) for mlp in siglip_mlps(model).values())
     assert all(has_gelu_epilogue(mlp) for mlp in siglip_mlps(fast).values())
     assert fast.state_dict().keys() == model.state_dict().keys()
     tiles = random_tiles(0)
@@ -43,3 +44,10 @@ def test_off_a_gpu_an_epilogue_mlp_computes_transformers_forward_and_keeps_its_p
         expected = model.predict(tiles, model.encode_texts(["a pond"]))
         got = fast.predict(tiles, fast.encode_texts(["a pond"]))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_fp8_encoders_keep_transformers_mlp_forward(tiny, monkeypatch):
+    """float8 weights take torchao's matmuls, which ``_addmm_activation`` would bypass."""
+    monkeypatch.setattr(fp8, "fp8_image_encoders", lambda model: 0)  # fp8 itself needs an H100/H200
+    model = accelerate(copy.deepcopy(tiny), compile=False, fp8=True)
+    assert not any(has_gelu_epilogue(mlp) for mlp in siglip_mlps(model).values())
