@@ -78,7 +78,7 @@ def accelerate(
     compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
     ``gelu_epilogues``: SigLIP's MLPs add their first bias and apply GELU in cuBLASLt's matmul epilogue on a GPU
     (rsrs.model.gelu_epilogue; compiled rsrefseg-b's workers' function 193 against 186 tiles/s on an H200,
-    encoder_fusion_rsrefseg-b_gelu.json); not with ``fp8``, whose float8 weights take torchao's matmuls.
+    encoder_fusion_rsrefseg-b_gelu.json); not with ``fp8``, whose ``fc1`` runs a float8 matmul instead.
     ``fp8``: the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers, off
     by default.
     ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.

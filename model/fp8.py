@@ -1,33 +1,39 @@
-"""Optional FP8 image encoders (``accelerate(..., fp8=True)``): their linear layers in float8 on H100/H200.
+"""Optional FP8 image encoders (``accelerate(..., fp8=True)``): their linear layers' matmuls in float8 on H100/H200.
 
-torchao's dynamic float8 quantisation (activations and weights in e4m3, one scale per row) swaps each linear
-layer's weight for a float8 tensor subclass after construction; the module code stays transformers' own
-(STYLE rule 4). Row-wise scaled float8 matmuls need compute capability 9.0 (Hopper) and bf16 weights, and pay
-off compiled (the activation scaling fuses into the preceding kernels). LoRA adapters (``lora_A``/``lora_B``,
-rank 16) and layers whose sizes are not multiples of 16 stay bf16. FP8 changes the numbers: it is off by
-default and measured against bf16 by ``benchmarks/encoder_fusion.py --fp8``.
+Each eligible linear layer keeps its bf16 weight (names, state dict and checkpoints unchanged) and gains a float8
+(e4m3) copy of it with one scale per output row, as non-persistent buffers. Its forward, bound after construction
+(STYLE rule 4), scales each input row into float8 and calls ``torch._scaled_mm`` with both row-wise scales and the
+bias, which cuBLAS/CUTLASS apply in the matmul's epilogue. Row-wise scaled float8 matmuls need compute capability
+9.0 (Hopper). LoRA adapters (rank 16) and layers whose sizes are not multiples of 16 stay bf16.
+
+Why not torchao's float8 tensor subclass, which this module used before: on an H200 it ran rsrefseg-b's encoders
+uncompiled at 0.7x bf16, and compiling them did not finish within 160-412 s
+(benchmarks/results/encoder_fusion_rsrefseg-b_fp8.json, docs/performance.md). Plain ATen ops compile like the bf16
+model, and inductor can fuse each input's row scaling into the kernel that produces it (a layer norm, a GELU).
+FP8 changes the numbers: it is off by default and measured against bf16 by ``benchmarks/encoder_fusion.py --fp8``.
 """
 
 from __future__ import annotations
-
-from importlib.util import find_spec
 
 import torch
 from torch import nn
 
 from rsrs.core.errors import ConfigError
 from rsrs.model.acceleration import image_encoders
+from rsrs.model.instance_forward import bind_forward, runs_forward
 
 MIN_CAPABILITY = (9, 0)
+FLOAT8 = torch.float8_e4m3fn
+FLOAT8_MAX = torch.finfo(FLOAT8).max  # 448
 
-#: The least row maximum an activation's float8 scale is taken from. SAM ViT pads its token map to whole windows
-#: with zeros (64 x 64 tokens in windows of 14 at 1024 px): an all-zero row would get a scale of 0 and quantise to
-#: 0/0 = NaN (the NaN logits of rsrefseg-b on an H200); with this floor it quantises to zeros.
+#: The least row maximum a float8 scale is taken from. SAM ViT pads its token map to whole windows with zeros (64 x
+#: 64 tokens in windows of 14 at 1024 px): an all-zero row would get a scale of 0 and quantise to 0/0 = NaN (the NaN
+#: logits of rsrefseg-b on an H200); with this floor it quantises to zeros.
 ACTIVATION_AMAX_FLOOR = 1e-12
 
 
 def fp8_image_encoders(model: nn.Module) -> int:
-    """Quantise the linear layers of every image encoder in ``model`` to float8, in place; returns how many.
+    """Run the linear layers of every image encoder in ``model`` in float8, in place; returns how many.
 
     Raises :class:`ConfigError` (one line) on a machine or model where it cannot run.
     """
@@ -36,14 +42,7 @@ def fp8_image_encoders(model: nn.Module) -> int:
         raise ConfigError("fp8 applies to image encoders (SAM, SAM 2, SigLIP); none found in this model")
     weight = next(next(iter(encoders.values())).parameters())
     check_fp8_support(weight.device, weight.dtype)
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=ACTIVATION_AMAX_FLOOR)
-    converted = 0
-    for encoder in encoders.values():
-        converted += sum(_fp8_eligible(module, name) for name, module in encoder.named_modules())
-        quantize_(encoder, config, filter_fn=_fp8_eligible)
-    return converted
+    return sum(float8_linears(encoder) for encoder in encoders.values())
 
 
 def check_fp8_support(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -65,14 +64,55 @@ def check_fp8_support(device: torch.device | str, dtype: torch.dtype = torch.bfl
         )
     if dtype != torch.bfloat16:
         raise ConfigError(f"model precision fp8 needs bf16 weights, got {dtype}: load the model with dtype bfloat16")
-    if find_spec("torchao") is None:
-        raise ConfigError("model precision fp8 needs torchao: pip install torchao")
+
+
+def float8_linears(module: nn.Module) -> int:
+    """Give each eligible linear layer in ``module`` float8 weights and :func:`float8_linear_forward`; returns how
+    many. The weights are quantised as they are now: call it after loading a checkpoint. No device check (the CPU
+    runs ``torch._scaled_mm`` too, slowly): :func:`fp8_image_encoders` is the checked entry point."""
+    layers = [m for name, m in module.named_modules() if _fp8_eligible(m, name)]
+    for layer in layers:
+        weight, scale = rowwise_float8(layer.weight.detach())  # out x in, out x 1
+        layer.register_buffer("weight_float8", weight, persistent=False)
+        layer.register_buffer("weight_scale", scale.t().contiguous(), persistent=False)  # 1 x out
+    return bind_forward(layers, float8_linear_forward)
+
+
+def runs_float8(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer running :func:`float8_linear_forward`."""
+    return runs_forward(module, float8_linear_forward)
+
+
+def rowwise_float8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` (N x K) in float8 e4m3 and each row's float32 scale (N x 1), so that ``rows ~ float8 * scale``."""
+    amax = rows.abs().amax(dim=-1, keepdim=True).float().clamp(min=ACTIVATION_AMAX_FLOOR)  # N x 1
+    scale = amax / FLOAT8_MAX
+    return (rows.float() / scale).clamp(-FLOAT8_MAX, FLOAT8_MAX).to(FLOAT8), scale
+
+
+def float8_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` as a row-wise scaled float8 matmul (bound by :func:`float8_linears`).
+
+    x: ... x in -> ... x out, in ``x``'s dtype
+    """
+    *lead, width = x.shape
+    rows, row_scale = rowwise_float8(x.reshape(-1, width))  # tokens x in (float8), tokens x 1
+    out = torch._scaled_mm(
+        rows,
+        self.weight_float8.t(),  # in x out, column-major as the kernel wants it
+        scale_a=row_scale,
+        scale_b=self.weight_scale,
+        bias=self.bias,
+        out_dtype=x.dtype,
+        use_fast_accum=True,
+    )  # tokens x out
+    return out.reshape(*lead, -1)
 
 
 def _fp8_eligible(module: nn.Module, name: str) -> bool:
     """A plain linear layer of the encoder with float8-GEMM-friendly sizes, not a LoRA adapter."""
     return (
-        isinstance(module, nn.Linear)
+        type(module) is nn.Linear
         and "lora_" not in name
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0

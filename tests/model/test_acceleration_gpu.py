@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rsrs.model import batch_predictor, get_model_config, load_model
 from rsrs.model.acceleration import accelerate, attention_kernels
+from rsrs.model.fp8 import runs_float8
 from rsrs.model.gelu_epilogue import has_gelu_epilogue
 from tests.model.conftest import random_tiles
 from tests.model.test_fused_attention import randomise_relative_positions
@@ -131,13 +132,12 @@ def test_accelerated_predict_never_blocks_on_the_device(demo_cuda):
 
 
 def test_fp8_encoders_keep_most_demo_masks(demo_cuda):
-    """Needs torchao (``../shared/device/wheels.sh torchao``) and an H100/H200; fp8 changes the numbers a little."""
+    """Needs an H100/H200; fp8 changes the numbers a little."""
     tiles = random_tiles(1, batch=4, height=256, width=256).cuda()
     text = demo_cuda.encode_texts(["buildings", "roads", "fields"])
     expected = demo_cuda.predict(tiles, text) > 0.5
     fast = accelerate(copy.deepcopy(demo_cuda), compile=False, fp8=True)  # agreement, not speed: no compile wait
-    weights = [type(m.weight).__name__ for m in fast.sam.vision_encoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert "Float8Tensor" in weights  # torchao's float8 weights
+    assert any(runs_float8(m) for m in fast.sam.vision_encoder.modules())
     got = fast.predict(tiles, text) > 0.5
     assert (got == expected).float().mean() >= 0.98
 

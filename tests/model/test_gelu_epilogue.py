@@ -47,7 +47,7 @@ def test_accelerate_gives_epilogues_by_default_and_off_a_gpu_they_compute_transf
 
 
 def test_fp8_encoders_keep_transformers_mlp_forward(tiny, monkeypatch):
-    """float8 weights take torchao's matmuls, which ``_addmm_activation`` would bypass."""
+    """fc1's float8 matmul, which ``_addmm_activation`` would bypass."""
     monkeypatch.setattr(fp8, "fp8_image_encoders", lambda model: 0)  # fp8 itself needs an H100/H200
     model = accelerate(copy.deepcopy(tiny), compile=False, fp8=True)
     assert not any(has_gelu_epilogue(mlp) for mlp in siglip_mlps(model).values())

@@ -1,0 +1,52 @@
+"""Float8 linear layers (rsrs.model.fp8) on the CPU: row-wise scaling, which layers take it, and that an encoder
+computes what it did within float8's error. Speed and the demo's mask agreement are measured on an H100/H200
+(tests/model/test_acceleration_gpu.py, benchmarks/encoder_fusion.py --fp8)."""
+
+import copy
+
+import torch
+
+from rsrs.model.acceleration import image_encoders
+from rsrs.model.fp8 import FLOAT8_MAX, float8_linears, rowwise_float8, runs_float8
+
+#: e4m3 keeps 3 mantissa bits: a value rounds to within 2^-4 of itself, relative (below the subnormal range, to
+#: within 2^-9 of its row's scale).
+E4M3_ROUNDING = 2**-4
+
+
+def test_rowwise_float8_keeps_each_row_within_e4m3_rounding_and_a_zero_row_at_zero():
+    magnitudes = torch.tensor([1e-3, 1.0, 1e3, 0.0])[:, None]  # rows of very different sizes, one all zero
+    rows = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * magnitudes
+    quantised, scale = rowwise_float8(rows)
+    assert quantised.dtype == torch.float8_e4m3fn and scale.shape == (4, 1)
+    restored = quantised.float() * scale
+    assert torch.isfinite(restored).all() and (restored[3] == 0).all()
+    bound = E4M3_ROUNDING * rows.abs() + 2**-9 * scale
+    assert ((restored - rows).abs() <= bound).all()
+    assert (quantised[:3].float().abs().amax(dim=1) == FLOAT8_MAX).all()  # each row's largest value fills the range
+
+
+def test_float8_goes_to_plain_aligned_linear_layers_not_lora_adapters_and_keeps_the_state_dict(tiny):
+    model = copy.deepcopy(tiny)
+    encoders = image_encoders(model)
+    converted = sum(float8_linears(encoder) for encoder in encoders.values())
+    layers = {
+        f"{e}.{n}": m for e, enc in encoders.items() for n, m in enc.named_modules() if type(m) is torch.nn.Linear
+    }
+    float8 = {name for name, layer in layers.items() if runs_float8(layer)}
+    aligned = {n for n, layer in layers.items() if layer.in_features % 16 == 0 and layer.out_features % 16 == 0}
+    assert converted == len(float8) > 0
+    assert float8 == {name for name in aligned if "lora_" not in name}
+    assert any(name.endswith(".base_layer") for name in float8)  # LoRA'd layers compute their base in float8
+    assert model.state_dict().keys() == tiny.state_dict().keys()
+
+
+def test_a_float8_siglip_tower_encodes_like_its_own_weights_within_float8_error(tiny):
+    model = copy.deepcopy(tiny)
+    assert float8_linears(model.siglip.vision_model) > 0
+    pixels = torch.rand(2, 3, 384, 384, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = tiny.siglip.vision_model(pixel_values=pixels).last_hidden_state
+        got = model.siglip.vision_model(pixel_values=pixels).last_hidden_state
+    error = float((got - expected).norm() / expected.norm())
+    assert 1e-4 < error < 0.1  # float8 really ran, and only rounded
