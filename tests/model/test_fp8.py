@@ -4,6 +4,7 @@ computes what it did within float8's error. Speed and the demo's mask agreement 
 
 import copy
 
+import pytest
 import torch
 
 from rsrs.model.acceleration import image_encoders
@@ -50,3 +51,18 @@ def test_a_float8_siglip_tower_encodes_like_its_own_weights_within_float8_error(
         got = model.siglip.vision_model(pixel_values=pixels).last_hidden_state
     error = float((got - expected).norm() / expected.norm())
     assert 1e-4 < error < 0.1  # float8 really ran, and only rounded
+
+
+@pytest.mark.slow  # inductor compiles a C++ kernel for the CPU: about 10 s
+def test_a_compiled_float8_mlp_computes_its_eager_output():
+    """The workers compile their float8 encoders (``model.compile: true``); torchao's tensor subclass never
+    compiled rsrefseg-b in time, so this checks the plain ATen path goes through inductor."""
+    mlp = torch.nn.Sequential(
+        torch.nn.LayerNorm(64), torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64)
+    )
+    assert float8_linears(mlp) == 2
+    x = torch.randn(4, 10, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():  # as the workers run it: _scaled_mm has no gradient
+        expected = mlp(x)
+        got = torch.compile(mlp, dynamic=False)(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
