@@ -14,6 +14,8 @@ when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result s
 ``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and adds
 where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the reads,
 each task's window, and when the GPU computed batches and where it idled (its longest gaps, with when).
+The result file is written after each pipeline run too, so a call stopped by its time limit keeps the runs it
+finished; SIGTERM (``timeout``) stops the run and shuts its cluster down.
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
                          [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]
@@ -44,6 +46,7 @@ from rsrs.model import batch_predictor, get_model_config, load_model
 from rsrs.pipeline import read_gate
 from rsrs.pipeline.resident import ModelRef, accelerate_as_asked, stored_codes
 from rsrs.workflows import run_job
+from rsrs.workflows.interrupts import sigterm_stops
 from rsrs.workflows.job import Compute
 
 QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest field", "vehicles", "tennis courts"]
@@ -143,20 +146,15 @@ def main() -> None:
         model_config = random_init_config(args.preset, folder)
         spec = {"config": str(model_config), "device": args.device, "compile": args.compile}
         spec |= {"precision": args.precision} if args.precision != "auto" else {}
-        runs = {
-            (n, t): run_once(
-                folder,
-                scene,
-                spec,
-                queries=QUERIES[:n],
-                tile=args.tile_size,
-                batch=args.batch,
-                tasks=t,
-                timeline=args.timeline,
-            )  # fmt: skip
-            for t in tasks_per_gpu
-            for n in sorted({int(q) for q in args.queries.split(",")})
-        }
+        runs: dict[tuple[int, int], dict] = {}
+        for t in tasks_per_gpu:
+            for n in sorted({int(q) for q in args.queries.split(",")}):
+                run = run_once(
+                    folder, scene, spec, queries=QUERIES[:n], tile=args.tile_size, batch=args.batch, tasks=t,
+                    timeline=args.timeline,
+                )  # fmt: skip
+                runs[n, t] = result[_pipeline_key(n, t, tasks_per_gpu[0])] = run
+                write_result(args.name, result, echo=False)  # kept if a later step does not finish
         model = load_model(model_config, device=args.device)
         flops = flops_per_tile(model, args.tile_size)  # counted eagerly, before accelerate changes the modules
         tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
@@ -172,11 +170,8 @@ def main() -> None:
     result["model_only_tiles_per_s_1_query"] = round(model_only, 2)
     result["model_tflop_per_tile"] = round(flops / 1e12, 3)
     result["mfu_model_only"] = round(flops * model_only / (PEAK_BF16_TFLOPS * 1e12), 3)
-    for t in tasks_per_gpu:  # keys without a suffix are the first tasks_per_gpu's
-        suffix = "" if t == tasks_per_gpu[0] else f"_{t}_tasks_per_gpu"
-        result |= {
-            f"pipeline_{n}_quer{'y' if n == 1 else 'ies'}{suffix}": run for (n, u), run in runs.items() if u == t
-        }
+    for t in tasks_per_gpu:
+        suffix = _suffix(t, tasks_per_gpu[0])
         if (1, t) in runs:
             e2e = runs[1, t]["tiles_per_s"]
             result[f"ratio_pipeline_vs_model_only{suffix}"] = round(e2e / model_only, 3)
@@ -188,5 +183,16 @@ def main() -> None:
     write_result(args.name, result)
 
 
+def _pipeline_key(queries: int, tasks: int, headline_tasks: int) -> str:
+    """The result's key for one pipeline run, e.g. 'pipeline_5_queries_4_tasks_per_gpu'."""
+    return f"pipeline_{queries}_quer{'y' if queries == 1 else 'ies'}{_suffix(tasks, headline_tasks)}"
+
+
+def _suffix(tasks: int, headline_tasks: int) -> str:
+    """Keys without a suffix are the first ``--tasks-per-gpu``'s."""
+    return "" if tasks == headline_tasks else f"_{tasks}_tasks_per_gpu"
+
+
 if __name__ == "__main__":
-    main()
+    with sigterm_stops():  # `timeout` stops the run, and with it its workers (they ignore SIGTERM themselves)
+        main()
