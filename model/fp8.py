@@ -8,8 +8,9 @@ bias, which cuBLAS/CUTLASS apply in the matmul's epilogue. Row-wise scaled float
 
 Why not torchao's float8 tensor subclass, which this module used before: on an H200 it ran rsrefseg-b's encoders
 uncompiled at 0.7x bf16, and compiling them did not finish within 160-412 s
-(benchmarks/results/encoder_fusion_rsrefseg-b_fp8.json, docs/performance.md). Plain ATen ops compile like the bf16
-model, and inductor can fuse each input's row scaling into the kernel that produces it (a layer norm, a GELU).
+(benchmarks/results/encoder_fusion_rsrefseg-b_fp8.json, docs/performance.md). Plain ATen ops go through inductor
+(tests/model/test_fp8.py compiles a float8 MLP), which can fuse each input's row scaling into the kernel that
+produces it (a layer norm, a GELU); the compile time on a GPU is not measured yet.
 FP8 changes the numbers: it is off by default and measured against bf16 by ``benchmarks/encoder_fusion.py --fp8``.
 """
 
