@@ -6,7 +6,7 @@ abs logit difference, and the shares of mask pixels and of stored uint8 codes (e
 the first call's seconds (compilation, or loading from the compile cache: run twice to see both); and the kernel
 each attention layer runs. ``--trace`` writes a chrome trace of one un-graphed ``predict`` batch per variant
 (``trace.json`` -> ``trace.eager.json``, ...; a ``.json.gz`` name is compressed) and the result lists each
-variant's top device operators.
+variant's top device operators and, on a GPU, its kernel time by kind (``benchmarks/trace_kernels.py``).
 
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
@@ -38,6 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks._common import device_info, timed, write_result
+from benchmarks.trace_kernels import kernel_milliseconds
 from rsrs.model import batch_predictor, load_model
 from rsrs.model.acceleration import COMPILE_MODES, accelerate, attention_kernels, compile_cache_dir
 from rsrs.model.fused_attention import KERNELS
@@ -130,7 +131,10 @@ def main() -> None:
         }
         entry |= _speeds(model, tiles, text, batch=args.batch, iters=args.iters)
         if args.trace:
-            entry["top_operators_ms"] = _trace(model, tiles, text, _trace_path(args.trace, name))
+            trace = _trace_path(args.trace, name)
+            entry["top_operators_ms"] = _trace(model, tiles, text, trace)
+            if device == "cuda":
+                entry["kernel_ms"] = {k: v for k, v in kernel_milliseconds(trace).items() if k != "longest_ms"}
         result[name] = entry
         write_result(args.name, result, echo=False)  # so far: a later variant that fails or times out loses no figures
         print(f"{name}: {json.dumps(entry)}", flush=True)
