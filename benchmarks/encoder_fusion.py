@@ -12,7 +12,8 @@ Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) a
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
 ``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways);
 ``--no-gelu-epilogues``: each fused variant again with SigLIP's MLP as transformers runs it (the fused variants
-have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--fp8``:
+have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--unmerged-lora``: each
+fused variant again with the LoRA adapters running beside their base layers (merged by default); ``--fp8``:
 float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
 measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
@@ -63,6 +64,11 @@ def main() -> None:
         "--no-gelu-epilogues",
         action="store_true",
         help="with --fused: each fused variant also without SigLIP's MLP GELU in the matmul epilogue",
+    )
+    parser.add_argument(
+        "--unmerged-lora",
+        action="store_true",
+        help="with --fused: each fused variant also with its LoRA adapters running beside their base layers",
     )
     parser.add_argument(
         "--mode",
@@ -165,8 +171,9 @@ def demo_tiles_and_queries(scene: Path, tile: int = 256) -> tuple[torch.Tensor, 
 def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first.
 
-    'compiled' keeps transformers' attention, convolutions and MLPs; the fused variants add SAM's fused attention,
-    the patch matmuls and SigLIP's GELU epilogues, as ``accelerate`` does by default. Compiled variants come once
+    'compiled' keeps transformers' attention, convolutions and MLPs and runs the LoRA adapters unmerged; the fused
+    variants add SAM's fused attention, the patch matmuls, SigLIP's GELU epilogues and merged adapters, as
+    ``accelerate`` does by default. Compiled variants come once
     per mode, named with the mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     fused: list[tuple[str, dict]] = []  # each also without the GELU epilogues when asked
@@ -174,7 +181,7 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
         fused.append(("fused", {"compile": False, "fused_attention": args.kernel}))
     for mode in args.mode if args.compile else []:
         suffix = "" if mode == "default" else "_" + mode.replace("-", "_")
-        stock = {"fused_attention": False, "patch_matmuls": False, "gelu_epilogues": False}
+        stock = {"fused_attention": False, "patch_matmuls": False, "gelu_epilogues": False, "merge_lora": False}
         variants.append(("compiled" + suffix, {**stock, "mode": mode}))
         if args.fused:
             fused.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
@@ -182,6 +189,8 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
         variants.append((name, options))
         if args.no_gelu_epilogues:
             variants.append((f"{name}_no_gelu_epilogues", {**options, "gelu_epilogues": False}))
+        if args.unmerged_lora:
+            variants.append((f"{name}_unmerged_lora", {**options, "merge_lora": False}))
     if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
         variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]
@@ -221,7 +230,8 @@ def _speeds(model, tiles: torch.Tensor, text, *, batch: int, iters: int) -> dict
         rate = batch / timed(lambda: fn(tiles), iters=iters)
     finally:
         logging.getLogger("rsrs.model.predictor").removeHandler(warnings)
-    speeds = {"encode_images_tiles_per_s": round(encode, 2), "worker_predict_tiles_per_s": round(rate, 2)}
+    # 4 significant digits: a 2-core CPU computes a real-size model at 0.1 tiles/s, a GPU the demo at 5000
+    speeds = {"encode_images_tiles_per_s": float(f"{encode:.4g}"), "worker_predict_tiles_per_s": float(f"{rate:.4g}")}
     if tiles.is_cuda:
         speeds["cuda_graph"] = "eager fallback: " + warnings.messages[0] if warnings.messages else "captured"
     return speeds

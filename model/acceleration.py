@@ -1,5 +1,5 @@
-"""Fast inference for a built model: fused SAM attention, SDPA attention, patch embeddings as matmuls, compiled
-image encoders, optional FP8.
+"""Fast inference for a built model: LoRA merged, fused SAM attention, SDPA attention, patch embeddings as matmuls,
+compiled image encoders, optional FP8.
 
 Everything acts on the module types it finds inside any ``nn.Module`` (SAM ViT and SAM 2 Hiera image encoders,
 SigLIP and SigLIP2 vision towers), so it applies to RSRefSeg and RSRefSeg 2 alike without knowing which, and
@@ -34,6 +34,7 @@ from transformers.models.siglip2.modeling_siglip2 import Siglip2Attention, Sigli
 
 from rsrs.model.fused_attention import Kernel, fuse_sam_attention, is_fused
 from rsrs.model.gelu_epilogue import fuse_gelu_epilogues
+from rsrs.model.lora import merge_lora_adapters
 from rsrs.model.patch_embedding import patch_convolutions_as_matmuls
 
 #: The image encoders :func:`accelerate` compiles (the outermost one where they nest).
@@ -65,12 +66,15 @@ def accelerate(
     fused_attention: bool | Kernel = True,
     patch_matmuls: bool = True,
     gelu_epilogues: bool = True,
+    merge_lora: bool = True,
     fp8: bool = False,
     mode: str = "default",
 ) -> nn.Module:
     """``model`` made fast for inference, in place (and returned); its outputs stay eager's up to rounding.
 
     Always: attention layers configured 'eager' switch to 'sdpa' (:func:`use_sdpa_attention`).
+    ``merge_lora``: LoRA adapters folded into their base weights (:func:`rsrs.model.lora.merge_lora_adapters`), so
+    they no longer run; the model must not train afterwards.
     ``fused_attention``: SAM ViT attention with its relative positions inside one kernel (rsrs.model.fused_attention;
     True for its default 'channels' kernel, or a kernel's name).
     ``patch_matmuls``: the image encoders' patch-embedding convolutions as one matmul (rsrs.model.patch_embedding).
@@ -88,10 +92,15 @@ def accelerate(
         raise ValueError(
             f"compile mode must be one of {tuple(COMPILE_MODES)} (rsrs captures its own CUDA graphs), got {mode!r}"
         )
+    fp8_encoders: list[nn.Module] = []
     if fp8:  # first: it refuses machines it cannot run on before anything has changed
-        from rsrs.model.fp8 import fp8_image_encoders
+        from rsrs.model.fp8 import float8_linears, fp8_ready_image_encoders
 
-        fp8_image_encoders(model)
+        fp8_encoders = fp8_ready_image_encoders(model)
+    if merge_lora:
+        merge_lora_adapters(model)
+    for encoder in fp8_encoders:  # after merging: the float8 copies are made of the weights as they now are
+        float8_linears(encoder)
     use_sdpa_attention(model)
     if fused_attention:
         fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))

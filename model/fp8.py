@@ -35,17 +35,17 @@ FLOAT8_MAX = torch.finfo(FLOAT8).max  # 448
 ACTIVATION_AMAX_FLOOR = 1e-12
 
 
-def fp8_image_encoders(model: nn.Module) -> int:
-    """Run the linear layers of every image encoder in ``model`` in float8, in place; returns how many.
+def fp8_ready_image_encoders(model: nn.Module) -> list[nn.Module]:
+    """The image encoders of ``model``, once checked that float8 can run them; changes nothing.
 
     Raises :class:`ConfigError` (one line) on a machine or model where it cannot run.
     """
-    encoders = image_encoders(model)
+    encoders = list(image_encoders(model).values())
     if not encoders:
         raise ConfigError("fp8 applies to image encoders (SAM, SAM 2, SigLIP); none found in this model")
-    weight = next(next(iter(encoders.values())).parameters())
+    weight = next(encoders[0].parameters())
     check_fp8_support(weight.device, weight.dtype)
-    return sum(float8_linears(encoder) for encoder in encoders.values())
+    return encoders
 
 
 def check_fp8_support(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -72,7 +72,7 @@ def check_fp8_support(device: torch.device | str, dtype: torch.dtype = torch.bfl
 def float8_linears(module: nn.Module) -> int:
     """Give each eligible linear layer in ``module`` float8 weights and :func:`float8_linear_forward`; returns how
     many. The weights are quantised as they are now: call it after loading a checkpoint. No device check (the CPU
-    runs ``torch._scaled_mm`` too, slowly): :func:`fp8_image_encoders` is the checked entry point."""
+    runs ``torch._scaled_mm`` too, slowly): :func:`fp8_ready_image_encoders` is the check."""
     layers = [m for name, m in module.named_modules() if _fp8_eligible(m, name)]
     for layer in layers:
         weight, scale = rowwise_float8(layer.weight.detach())  # out x in, out x 1

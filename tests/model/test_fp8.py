@@ -6,9 +6,12 @@ import copy
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 
-from rsrs.model.acceleration import image_encoders
+from rsrs.model import fp8
+from rsrs.model.acceleration import accelerate, image_encoders
 from rsrs.model.fp8 import FLOAT8_MAX, float8_linears, rowwise_float8, runs_float8
+from tests.model.test_lora import tiny_with_trained_adapters
 
 #: e4m3 keeps 3 mantissa bits: a value rounds to within 2^-4 of itself, relative (below the subnormal range, to
 #: within 2^-9 of its row's scale).
@@ -51,6 +54,21 @@ def test_a_float8_siglip_tower_encodes_like_its_own_weights_within_float8_error(
         got = model.siglip.vision_model(pixel_values=pixels).last_hidden_state
     error = float((got - expected).norm() / expected.norm())
     assert 1e-4 < error < 0.1  # float8 really ran, and only rounded
+
+
+def test_accelerate_makes_the_float8_weights_of_lora_layers_from_their_merged_weights(monkeypatch):
+    monkeypatch.setattr(fp8, "check_fp8_support", lambda device, dtype: None)  # float8 layers run on the CPU too
+    model = tiny_with_trained_adapters()
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+    unmerged = {name: m.get_base_layer().weight.clone() for name, m in adapted.items()}
+    accelerate(model, compile=False, fp8=True)
+    float8 = {name: m.get_base_layer() for name, m in adapted.items() if runs_float8(m.get_base_layer())}
+    assert float8 and all(adapted[name].merged for name in float8)
+    for name, layer in float8.items():
+        assert not torch.equal(layer.weight, unmerged[name])  # the adapter is in the base weight now
+        restored = layer.weight_float8.float() * layer.weight_scale.t()  # out x in
+        bound = E4M3_ROUNDING * layer.weight.abs() + 2**-9 * layer.weight_scale.t()
+        assert ((restored - layer.weight).abs() <= bound).all()  # and the float8 copy is of the merged weight
 
 
 @pytest.mark.slow  # inductor compiles a C++ kernel for the CPU: about 10 s

@@ -9,6 +9,7 @@ import rasterio
 import shapely
 import torch
 import zarr
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
@@ -162,7 +163,8 @@ def test_a_recorder_sees_each_batch_inside_its_turn_each_read_and_the_tasks_wait
 
 def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention(finisher_kind):
     """model.compile reaches the worker's model: set up before the first batch (which compiles), never after,
-    with SAM's relative positions as attention channels. A CPU worker without compile keeps the model as loaded."""
+    with SAM's relative positions as attention channels. A CPU worker without compile keeps its encoders as loaded.
+    Either way a worker, which never trains, runs its LoRA adapters merged into their base weights."""
     resident = finisher_kind("threads", ModelRef("tiny", device="cpu", compile=True))
     sam = {kernel for kernel in attention_kernels(resident.model) if kernel.startswith("SamVision")}
     assert sam == {"SamVisionSdpaAttention: fused channels"}, sam
@@ -171,6 +173,8 @@ def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention
     plain = finisher_kind("threads", ModelRef("tiny", device="cpu"))
     assert all(encoder._compiled_call_impl is None for encoder in image_encoders(plain.model).values())
     assert "SamVisionSdpaAttention: sdpa" in attention_kernels(plain.model)
+    for worker in (resident, plain):
+        assert {m.merged for m in worker.model.modules() if isinstance(m, BaseTunerLayer)} == {True}
 
 
 @pytest.mark.slow  # compiling the tiny encoders on a 2-core CPU takes minutes
