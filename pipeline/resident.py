@@ -59,9 +59,9 @@ def accelerate_as_asked(model: PairwiseSegmenter, spec: ModelRef) -> None:
     """Make a worker's freshly loaded ``model`` fast as ``spec`` asks (:func:`rsrs.model.acceleration.accelerate`).
 
     On a GPU, fused SAM attention and patch matmuls always (rsrefseg-b 1.5x eager on an H200); on the CPU they gain
-    nothing measurable, so a CPU model is changed only when compile or fp8 is asked. LoRA adapters are merged into
-    their base weights everywhere: a worker never trains, and unmerged adapters cost the CPU most (see
-    :func:`rsrs.model.lora.merge_lora_adapters`).
+    nothing measurable, so there they come only with compile or fp8. LoRA adapters are merged into their base
+    weights on any device: a worker never trains, and merged adapters cost nothing (image encoding 1.06-1.16x on a
+    2-core CPU, benchmarks/results/lora_merge_cpu_*.json).
     """
     if spec.compile or spec.precision == "fp8" or model.device.type == "cuda":
         from rsrs.model.acceleration import accelerate
