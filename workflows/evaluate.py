@@ -64,8 +64,10 @@ def evaluate(
         data_info = {"name": getattr(data, "name", type(data).__name__), "samples": len(reader)}
     if predictor is None:
         from rsrs.model import load_model
+        from rsrs.model.lora import merge_lora_adapters
 
         net = load_model(model, device=device)
+        merge_lora_adapters(net)  # loaded to be scored only: its adapters need not run beside their layers
         predictor = model_predictor(net, image_size=image_size)
         model_info = {
             "spec": str(model),

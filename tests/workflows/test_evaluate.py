@@ -140,6 +140,19 @@ def test_cli_scores_the_tiny_model_end_to_end(dataset, tmp_path):
     assert len(list((tmp_path / "preds").glob("*.png"))) == n
 
 
+def test_a_model_loaded_to_be_scored_runs_its_lora_adapters_merged(dataset, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from rsrs.workflows import evaluate as evaluate_module
+
+    scored = []
+    monkeypatch.setattr(
+        evaluate_module, "model_predictor", lambda net, **kw: scored.append(net) or model_predictor(net, **kw)
+    )
+    evaluate(f"manifest:{dataset}", model="tiny", device="cpu", limit=2)
+    assert {m.merged for m in scored[0].modules() if isinstance(m, BaseTunerLayer)} == {True}
+
+
 def test_model_predictor_encodes_a_shared_image_once_and_answers_as_per_sample_runs():
     model = load_model("tiny", device="cpu")
     rng = np.random.default_rng(0)
