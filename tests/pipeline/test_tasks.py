@@ -9,7 +9,6 @@ import rasterio
 import shapely
 import torch
 import zarr
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from rsrs.model.acceleration import attention_kernels, image_encoders
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
@@ -26,6 +25,7 @@ from rsrs.pipeline.tasks import BatchTask, run_batch, tile_path
 from rsrs.pipeline.tiling import plan_tiles
 from rsrs.workflows.inputs import resolve_scenes
 from rsrs.workflows.job import Job
+from tests.model.test_lora import lora_merged
 from tests.rasters import write_geotiff
 
 
@@ -174,7 +174,7 @@ def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention
     assert all(encoder._compiled_call_impl is None for encoder in image_encoders(plain.model).values())
     assert "SamVisionSdpaAttention: sdpa" in attention_kernels(plain.model)
     for worker in (resident, plain):
-        assert {m.merged for m in worker.model.modules() if isinstance(m, BaseTunerLayer)} == {True}
+        assert lora_merged(worker.model) == {True}
 
 
 @pytest.mark.slow  # compiling the tiny encoders on a 2-core CPU takes minutes

@@ -10,9 +10,11 @@ from PIL import Image
 from rsrs.model import load_model
 from rsrs.pipeline.datasets import DatasetFormatError, open_dataset
 from rsrs.pipeline.synth import write_chip_dataset
+from rsrs.workflows import evaluate as evaluate_module
 from rsrs.workflows.cli import cli
 from rsrs.workflows.evaluate import evaluate, parse_data_spec
 from rsrs.workflows.scoring import model_predictor
+from tests.model.test_lora import lora_merged
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +143,12 @@ def test_cli_scores_the_tiny_model_end_to_end(dataset, tmp_path):
 
 
 def test_a_model_loaded_to_be_scored_runs_its_lora_adapters_merged(dataset, monkeypatch):
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from rsrs.workflows import evaluate as evaluate_module
-
     scored = []
     monkeypatch.setattr(
         evaluate_module, "model_predictor", lambda net, **kw: scored.append(net) or model_predictor(net, **kw)
     )
     evaluate(f"manifest:{dataset}", model="tiny", device="cpu", limit=2)
-    assert {m.merged for m in scored[0].modules() if isinstance(m, BaseTunerLayer)} == {True}
+    assert lora_merged(scored[0]) == {True}
 
 
 def test_model_predictor_encodes_a_shared_image_once_and_answers_as_per_sample_runs():
