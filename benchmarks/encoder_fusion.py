@@ -12,10 +12,12 @@ Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) a
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
 ``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways);
 ``--no-gelu-epilogues``: each fused variant again with SigLIP's MLP as transformers runs it (the fused variants
-have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--unmerged-lora``: each
-fused variant again with the LoRA adapters running beside their base layers (merged by default); ``--fp8``:
-float8 linear layers (H100/H200), fused, uncompiled and compiled. A variant's figures are saved as soon as it is
-measured; ``--only a,b`` runs only the variants named (and eager, the reference).
+have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--approximate-gelu``:
+each fused variant again with SAM's MLPs in that epilogue too (their exact GELU approximated); ``--unmerged-lora``:
+each fused variant again with the LoRA adapters running beside their base layers (merged by default); ``--fp8``:
+float8 linear layers (H100/H200; not the MLPs' second layers), fused, uncompiled and compiled, each a fused variant
+for the options above. A variant's figures are saved as soon as it is measured; ``--only a,b`` runs only the
+variants named (and eager, the reference).
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
@@ -64,6 +66,11 @@ def main() -> None:
         "--no-gelu-epilogues",
         action="store_true",
         help="with --fused: each fused variant also without SigLIP's MLP GELU in the matmul epilogue",
+    )
+    parser.add_argument(
+        "--approximate-gelu",
+        action="store_true",
+        help="with --fused: each fused variant also with SAM's MLPs in the GELU epilogue (tanh approximation)",
     )
     parser.add_argument(
         "--unmerged-lora",
@@ -176,7 +183,7 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     ``accelerate`` does by default. Compiled variants come once
     per mode, named with the mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
-    fused: list[tuple[str, dict]] = []  # each also without the GELU epilogues when asked
+    fused: list[tuple[str, dict]] = []  # each again with the options --no-gelu-epilogues etc. ask for
     if args.fused:
         fused.append(("fused", {"compile": False, "fused_attention": args.kernel}))
     for mode in args.mode if args.compile else []:
@@ -185,14 +192,16 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
         variants.append(("compiled" + suffix, {**stock, "mode": mode}))
         if args.fused:
             fused.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
+    if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
+        fused += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     for name, options in fused:
         variants.append((name, options))
         if args.no_gelu_epilogues:
             variants.append((f"{name}_no_gelu_epilogues", {**options, "gelu_epilogues": False}))
+        if args.approximate_gelu:
+            variants.append((f"{name}_approximate_gelu", {**options, "approximate_gelu": True}))
         if args.unmerged_lora:
             variants.append((f"{name}_unmerged_lora", {**options, "merge_lora": False}))
-    if args.fp8:  # uncompiled first: its agreement comes quickly, whatever compiling float8 then costs
-        variants += [("fp8", {"compile": False, "fp8": True}), ("compiled_fp8", {"fp8": True})]
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]
 
 

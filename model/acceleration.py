@@ -66,6 +66,7 @@ def accelerate(
     fused_attention: bool | Kernel = True,
     patch_matmuls: bool = True,
     gelu_epilogues: bool = True,
+    approximate_gelu: bool = False,
     merge_lora: bool = True,
     fp8: bool = False,
     mode: str = "default",
@@ -82,9 +83,10 @@ def accelerate(
     compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
     ``gelu_epilogues``: SigLIP's MLPs add their first bias and apply GELU in cuBLASLt's matmul epilogue on a GPU
     (rsrs.model.gelu_epilogue; compiled rsrefseg-b's workers' function 193 against 186 tiles/s on an H200,
-    encoder_fusion_rsrefseg-b_gelu.json); not with ``fp8``, whose ``fc1`` runs a float8 matmul instead.
-    ``fp8``: the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers, off
-    by default.
+    encoder_fusion_rsrefseg-b_gelu.json). ``approximate_gelu``: SAM's and SAM 2's MLPs too, whose exact GELU then
+    becomes its tanh approximation (within 4.8e-4): off by default.
+    ``fp8``: most of the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers,
+    off by default.
     ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.
     Parameter names are unchanged; the changes cannot be undone on this instance.
     """
@@ -99,13 +101,13 @@ def accelerate(
         fp8_encoders = fp8_ready_image_encoders(model)
     if merge_lora:
         merge_lora_adapters(model)
-    for encoder in fp8_encoders:  # after merging: the float8 copies are made of the weights as they now are
-        float8_linears(encoder)
     use_sdpa_attention(model)
     if fused_attention:
         fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))
-    if gelu_epilogues and not fp8:
-        fuse_gelu_epilogues(model)
+    if gelu_epilogues:
+        fuse_gelu_epilogues(model, approximate=approximate_gelu)
+    for encoder in fp8_encoders:  # after merging and the epilogues: float8 copies of the weights as they now are,
+        float8_linears(encoder)  # for the layers the epilogues do not compute
     encoders = image_encoders(model).values()
     if patch_matmuls:
         for encoder in encoders:

@@ -10,10 +10,14 @@ Why not torchao's float8 tensor subclass, which this module used before: on an H
 uncompiled at 0.7x bf16, and compiling them did not finish within 160-412 s
 (benchmarks/results/encoder_fusion_rsrefseg-b_fp8.json, docs/performance.md). Plain ATen ops go through inductor
 (tests/model/test_fp8.py compiles a float8 MLP), which fuses each input's row scaling into the kernel that
-produces it (a layer norm, a GELU). On an H200 the compiled float8 encoders of rsrefseg-b compile in 73 s but run at
-0.96x bf16: those fused row maxima over the MLPs' GELU outputs cost more than the float8 matmuls save
-(docs/performance.md). FP8 changes the numbers too: it is off by default and measured against bf16 by
-``benchmarks/encoder_fusion.py --fp8``.
+produces it (a layer norm, a GELU).
+
+Which layers: not an MLP's second layer, whose input is the activation's output. Its row maxima reduce over the MLP's
+inner width (3,072 for SAM ViT-B) inside the GELU's kernel: on an H200 SAM's 12 such kernels took 23.0 ms of a
+compiled batch of 32 against 7.9 for the plain GELU, so float8 on every layer ran rsrefseg-b at 0.96x bf16
+(docs/performance.md). Not an MLP's first layer either where the GELU epilogue computes it
+(rsrs.model.gelu_epilogue), which never calls the layer. FP8 changes the numbers too: it is off by default and
+measured against bf16 by ``benchmarks/encoder_fusion.py --fp8``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 
 from rsrs.core.errors import ConfigError
 from rsrs.model.acceleration import image_encoders
+from rsrs.model.gelu_epilogue import has_gelu_epilogue, mlp_first_layer
 from rsrs.model.instance_forward import bind_forward, runs_forward
 
 MIN_CAPABILITY = (9, 0)
@@ -73,7 +78,8 @@ def float8_linears(module: nn.Module) -> int:
     """Give each eligible linear layer in ``module`` float8 weights and :func:`float8_linear_forward`; returns how
     many. The weights are quantised as they are now: call it after loading a checkpoint. No device check (the CPU
     runs ``torch._scaled_mm`` too, slowly): :func:`fp8_ready_image_encoders` is the check."""
-    layers = [m for name, m in module.named_modules() if _fp8_eligible(m, name)]
+    kept = _activation_fed_or_epilogue_layers(module)
+    layers = [m for name, m in module.named_modules() if _fp8_eligible(m, name) and m not in kept]
     for layer in layers:
         weight, scale = rowwise_float8(layer.weight.detach())  # out x in, out x 1
         layer.register_buffer("weight_float8", weight, persistent=False)
@@ -110,6 +116,19 @@ def float8_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         use_fast_accum=True,
     )  # tokens x out
     return out.reshape(*lead, -1)
+
+
+def _activation_fed_or_epilogue_layers(module: nn.Module) -> set[nn.Module]:
+    """The linear layers of ``module``'s MLPs that stay bf16: all but each MLP's first, and that one too where the
+    MLP computes it in the GELU epilogue."""
+    kept: set[nn.Module] = set()
+    for mlp in module.modules():
+        first = mlp_first_layer(mlp)
+        if first is None:
+            continue
+        first_layers = set() if has_gelu_epilogue(mlp) else set(first.modules())
+        kept |= {m for m in mlp.modules() if type(m) is nn.Linear and m not in first_layers}
+    return kept
 
 
 def _fp8_eligible(module: nn.Module, name: str) -> bool:

@@ -91,6 +91,17 @@ def test_gelu_epilogue_siglip_tower_encodes_like_transformers_within_bf16(rsrefs
     assert relative_error(got, expected) < 2e-2
 
 
+def test_approximate_gelu_sam_encoder_encodes_like_transformers_within_bf16(rsrefseg_b):
+    fast = accelerate(copy.deepcopy(rsrefseg_b), compile=False, approximate_gelu=True)
+    mlps = [m for m in fast.sam.vision_encoder.modules() if has_gelu_epilogue(m)]
+    assert len(mlps) == 12  # one per encoder layer of ViT-B, their LoRA adapters merged
+    pixels = torch.rand(2, 3, 1024, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = rsrefseg_b.sam.vision_encoder(pixel_values=pixels).last_hidden_state
+        got = fast.sam.vision_encoder(pixel_values=pixels).last_hidden_state
+    assert relative_error(got, expected) < 2e-2
+
+
 def test_siglip_vision_tower_runs_on_flash_attention(rsrefseg_b):
     fast = accelerate(copy.deepcopy(rsrefseg_b), compile=False)
     pixels = torch.rand(2, 3, 384, 384, device="cuda", dtype=torch.bfloat16)

@@ -1,4 +1,5 @@
-"""SigLIP's MLPs with the GELU epilogue: which layers take it, and that off a GPU they compute transformers' forward.
+"""MLPs with the GELU epilogue: which take it (SigLIP's; SAM's only approximated), and that off a GPU they compute
+transformers' forward.
 
 Its CUDA path (one cuBLASLt call) is checked against transformers' MLP in tests/model/test_acceleration_gpu.py.
 """
@@ -6,13 +7,17 @@ Its CUDA path (one cuBLASLt call) is checked against transformers' MLP in tests/
 import copy
 
 import torch
+from transformers.activations import ACT2FN
+from transformers.models.sam.modeling_sam import SamMLPBlock
 from transformers.models.siglip.modeling_siglip import SiglipMLP
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MLP
 
 from rsrs.model import fp8, load_model
 from rsrs.model.acceleration import accelerate
 from rsrs.model.gelu_epilogue import fuse_gelu_epilogues, has_gelu_epilogue
+from rsrs.model.lora import merge_lora_adapters
 from tests.model.conftest import random_tiles
+from tests.model.test_lora import tiny_with_trained_adapters
 
 
 def siglip_mlps(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -26,10 +31,20 @@ def test_gelu_epilogues_go_to_every_siglip_mlp_whose_fc1_is_a_plain_linear_layer
     assert [name for name, mlp in mlps.items() if not has_gelu_epilogue(mlp)] == ["siglip.vision_model.head.mlp"]
 
 
-def test_an_mlp_with_another_activation_is_left_alone(tiny):
-    mlp = copy.deepcopy(next(iter(siglip_mlps(tiny).values())))  # its own copy of the config too
-    mlp.config.hidden_act = "gelu"  # exact GELU: not what the epilogue computes
+def test_an_mlp_with_the_exact_gelu_takes_the_epilogue_only_when_approximating_is_allowed(tiny):
+    mlp = copy.deepcopy(next(iter(siglip_mlps(tiny).values())))
+    mlp.activation_fn = ACT2FN["gelu"]  # exact GELU: not what the epilogue computes
     assert fuse_gelu_epilogues(mlp) == 0 and not has_gelu_epilogue(mlp)
+    assert fuse_gelu_epilogues(mlp, approximate=True) == 1 and has_gelu_epilogue(mlp)
+
+
+def test_sam_mlps_take_the_epilogue_when_approximating_once_their_lora_adapters_are_merged():
+    model = tiny_with_trained_adapters()  # LoRA on every SAM lin1
+    sam_mlps = [m for m in model.sam.vision_encoder.modules() if isinstance(m, SamMLPBlock)]
+    assert fuse_gelu_epilogues(model.sam, approximate=True) == 0  # an adapter running beside lin1: left alone
+    merge_lora_adapters(model)
+    assert fuse_gelu_epilogues(model.sam, approximate=True) == len(sam_mlps) > 0
+    assert all(has_gelu_epilogue(m) for m in sam_mlps)
 
 
 def test_accelerate_gives_epilogues_by_default_and_off_a_gpu_they_compute_transformers_forward(tiny):
@@ -46,9 +61,12 @@ def test_accelerate_gives_epilogues_by_default_and_off_a_gpu_they_compute_transf
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_fp8_encoders_keep_transformers_mlp_forward(tiny, monkeypatch):
-    """fc1's float8 matmul, which ``_addmm_activation`` would bypass."""
+def test_with_fp8_siglip_mlps_keep_their_epilogues_and_sam_mlps_their_float8_first_layer(tiny, monkeypatch):
+    """fc1's matmul is the epilogue's: a float8 copy of it would never run."""
     monkeypatch.setattr(fp8, "check_fp8_support", lambda device, dtype: None)  # float8 layers run on the CPU too
     model = accelerate(copy.deepcopy(tiny), compile=False, fp8=True)
-    assert all(fp8.runs_float8(mlp.fc1) for mlp in siglip_mlps(model.siglip.vision_model).values())
-    assert not any(has_gelu_epilogue(mlp) for mlp in siglip_mlps(model).values())
+    assert all(has_gelu_epilogue(mlp) for mlp in siglip_mlps(model).values())
+    assert not any(fp8.runs_float8(mlp.fc1) for mlp in siglip_mlps(model).values())
+    sam_mlps = [m for m in model.sam.vision_encoder.modules() if isinstance(m, SamMLPBlock)]
+    assert sam_mlps and not any(has_gelu_epilogue(m) for m in sam_mlps)
+    assert all(fp8.runs_float8(m.lin1.get_base_layer()) for m in sam_mlps)
