@@ -14,8 +14,9 @@ when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result s
 ``--timeline`` runs each job on an instrumented LocalCluster instead (:mod:`benchmarks.run_timeline`) and adds
 where the worker's time went: the scene's lead-in (its first read), tail (its last copies and writes), the reads,
 each task's window, and when the GPU computed batches and where it idled (its longest gaps, with when).
-The result file is written after each pipeline run too, so a call stopped by its time limit keeps the runs it
-finished; SIGTERM (``timeout``) stops the run and shuts its cluster down.
+The model alone is measured first and the result file is written after it and after each pipeline run, with the
+ratios so far, so a call stopped by its time limit keeps the runs it finished and their ratios; SIGTERM
+(``timeout``) stops the run and shuts its cluster down.
 
 Run on the GPU machine:  python -m benchmarks.run_gpu [--size 8192] [--tile-size 1024] [--batch 16]
                          [--queries 1,5] [--compile] [--precision fp8] [--tasks-per-gpu 2]
@@ -28,6 +29,7 @@ Without Dask's statistical profiler in the workers (``dask_worker_profiler`` in 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import tempfile
 import time
@@ -97,6 +99,7 @@ def run_once(
         "tiles": scene_report["tiles_computed"],
         "scene_wall_s": round(scene_report["wall_s"], 2),
         "run_total_s_incl_cluster_and_model_load": round(total, 2),
+        "start_s": report["workers"]["start_s"],  # the cluster's start, the workers' model load (compile included)
         "tiles_per_s": round(scene_report["tiles_computed"] / scene_report["wall_s"], 2),
         "worker_model_s": round(scene_report["model_s"], 2),
         "model_busy_share": round(scene_report["model_s"] / scene_report["wall_s"], 3),
@@ -141,9 +144,15 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        model_config = random_init_config(args.preset, folder)
+        # the model alone first: a run cut off by the device's time limit still has a ratio for each pipeline run
+        result |= model_only_figures(model_config, args)
+        write_result(args.name, result, echo=False)
+        gc.collect()  # the model measured is gone: its device memory goes back for the workers
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         scene = folder / "scene.tif"
         write_scene(scene, args.size)
-        model_config = random_init_config(args.preset, folder)
         spec = {"config": str(model_config), "device": args.device, "compile": args.compile}
         spec |= {"precision": args.precision} if args.precision != "auto" else {}
         runs: dict[tuple[int, int], dict] = {}
@@ -154,33 +163,47 @@ def main() -> None:
                     timeline=args.timeline,
                 )  # fmt: skip
                 runs[n, t] = result[_pipeline_key(n, t, tasks_per_gpu[0])] = run
+                result |= _ratios(runs, result, tasks_per_gpu)
                 write_result(args.name, result, echo=False)  # kept if a later step does not finish
-        model = load_model(model_config, device=args.device)
-        flops = flops_per_tile(model, args.tile_size)  # counted eagerly, before accelerate changes the modules
-        tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
-        texts = model.encode_texts(QUERIES[:1])
-        # host tiles in, host out: eager float32 probabilities, and the workers' uint8 codes (CUDA graphs on a GPU)
-        eager = args.batch / timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)
-        accelerate_as_asked(model, ModelRef(str(model_config), compile=args.compile, precision=args.precision))
-        codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
-        same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)
-    model_only = max(eager, same_fn)  # the ratio is taken against the faster of the two
-    result["model_only_eager_predict_tiles_per_s"] = round(eager, 2)
-    result["model_only_worker_codes_fn_tiles_per_s"] = round(same_fn, 2)
-    result["model_only_tiles_per_s_1_query"] = round(model_only, 2)
-    result["model_tflop_per_tile"] = round(flops / 1e12, 3)
-    result["mfu_model_only"] = round(flops * model_only / (PEAK_BF16_TFLOPS * 1e12), 3)
+    write_result(args.name, result)
+
+
+def model_only_figures(model_config: Path, args: argparse.Namespace) -> dict:
+    """The model alone on in-memory host tiles, host out: eager float32 probabilities, and the workers' uint8 codes
+    (CUDA graphs on a GPU) with the model accelerated as the workers do; the ratios are taken against the faster."""
+    model = load_model(model_config, device=args.device)
+    flops = flops_per_tile(model, args.tile_size)  # counted eagerly, before accelerate changes the modules
+    tiles = torch.randint(0, 256, (args.batch, 3, args.tile_size, args.tile_size), dtype=torch.uint8)
+    texts = model.encode_texts(QUERIES[:1])
+    eager = args.batch / timed(lambda: model.predict(tiles, texts).cpu(), warmup=2, iters=5)
+    accelerate_as_asked(model, ModelRef(str(model_config), compile=args.compile, precision=args.precision))
+    codes = batch_predictor(model, texts, batch=args.batch, postprocess=stored_codes)  # what the workers run
+    same_fn = args.batch / timed(lambda: codes(tiles.to(model.device)).cpu(), warmup=2, iters=5)
+    model_only = max(eager, same_fn)
+    return {
+        "model_only_eager_predict_tiles_per_s": round(eager, 2),
+        "model_only_worker_codes_fn_tiles_per_s": round(same_fn, 2),
+        "model_only_tiles_per_s_1_query": round(model_only, 2),
+        "model_tflop_per_tile": round(flops / 1e12, 3),
+        "mfu_model_only": round(flops * model_only / (PEAK_BF16_TFLOPS * 1e12), 3),
+    }
+
+
+def _ratios(runs: dict[tuple[int, int], dict], result: dict, tasks_per_gpu: list[int]) -> dict:
+    """End to end against the model alone, and 5 queries' time against 1's, for the pipeline runs done so far."""
+    flops = result["model_tflop_per_tile"] * 1e12
+    ratios = {}
     for t in tasks_per_gpu:
         suffix = _suffix(t, tasks_per_gpu[0])
         if (1, t) in runs:
             e2e = runs[1, t]["tiles_per_s"]
-            result[f"ratio_pipeline_vs_model_only{suffix}"] = round(e2e / model_only, 3)
-            result[f"mfu_end_to_end{suffix}"] = round(flops * e2e / (PEAK_BF16_TFLOPS * 1e12), 3)
+            ratios[f"ratio_pipeline_vs_model_only{suffix}"] = round(e2e / result["model_only_tiles_per_s_1_query"], 3)
+            ratios[f"mfu_end_to_end{suffix}"] = round(flops * e2e / (PEAK_BF16_TFLOPS * 1e12), 3)
         if {(1, t), (5, t)} <= runs.keys():
-            result[f"ratio_time_5_queries_vs_1{suffix}"] = round(
+            ratios[f"ratio_time_5_queries_vs_1{suffix}"] = round(
                 runs[5, t]["scene_wall_s"] / runs[1, t]["scene_wall_s"], 3
             )
-    write_result(args.name, result)
+    return ratios
 
 
 def _pipeline_key(queries: int, tasks: int, headline_tasks: int) -> str:

@@ -9,6 +9,7 @@ tiles runs again as a task of its own, so the tile that crashes is named and its
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -46,12 +47,16 @@ def compute_tiles(
     runs before a scene's first task is submitted.
     """
     texts = tuple(q.text for q in job.queries)
+    started = time.perf_counter()
     with dask_client(job.compute, scheduler=scheduler) as client:
+        workers.start_s["cluster"] = round(time.perf_counter() - started, 1)
         notify(f"Dask dashboard: {client.dashboard_link}")
         local = not (scheduler or job.compute.scheduler)
         workers.allowed_failures = job.compute.allowed_failures if local else None
         warm_up = (job.tiling.batch_size, job.tiling.tile_size, job.compute.tasks_per_gpu)  # as the tasks run
+        started = time.perf_counter()
         load_models(client, model, texts, local=local, warm_up=warm_up)
+        workers.start_s["model_load"] = round(time.perf_counter() - started, 1)
         resources = {"GPU": gpu_share(job.compute)} if uses_gpus(client) else None
         running = job.compute.tasks_per_gpu if resources else 1  # tasks a worker runs at once
         planned = batch_tasks(job, plans, model, store=str(out / MASKS), tiles_dir=lambda s: str(out / TILES / s),

@@ -24,17 +24,19 @@ from rsrs.pipeline.tiling import Tile
 
 @dataclass
 class WorkerLog:
-    """The workers of a run: tasks finished per worker address, workers lost while it ran."""
+    """The workers of a run: tasks finished per worker address, workers lost while it ran, and the seconds it took
+    to reach (or start) the cluster and to load the model on every worker (compiling and warming up included)."""
 
     allowed_failures: int | None = None  # None: an existing cluster's scheduler setting, unknown here
     tasks: Counter[str] = field(default_factory=Counter)
     lost: list[dict] = field(default_factory=list)
     since: float = field(default_factory=time.time)
+    start_s: dict[str, float] = field(default_factory=dict)  # 'cluster', 'model_load'
 
     def to_json(self) -> dict:
         """The run.json form."""
         return {"allowed_failures": self.allowed_failures, "tasks": dict(sorted(self.tasks.items())),
-                "lost": self.lost}  # fmt: skip
+                "lost": self.lost, "start_s": self.start_s}  # fmt: skip
 
     def read_losses(self, client: Client) -> None:
         """Record the workers the scheduler removed unexpectedly since the run started (deaths, not retirements)."""

@@ -59,6 +59,12 @@ def test_demo_run_prints_and_records_the_iou_of_each_query(demo):
         assert re.search(rf'^IoU vs truth  {q.id}: {iou:.2f}  "{q.text}"$', output, flags=re.MULTILINE), output
 
 
+def test_demo_run_records_how_long_its_cluster_and_the_workers_model_took_to_start(demo):
+    _, out, _ = demo
+    start = json.loads((out / "run.json").read_text())["workers"]["start_s"]
+    assert set(start) == {"cluster", "model_load"} and all(seconds > 0 for seconds in start.values()), start
+
+
 def test_demo_iou_equals_a_full_resolution_recount(demo):
     job, out, _ = demo
     (scene,) = json.loads((out / "run.json").read_text())["scenes"]
