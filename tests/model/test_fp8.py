@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers.models.sam2.modeling_sam2 import Sam2FeedForward
 
-from rsrs.model import fp8
+from rsrs.model import fp8, load_model
 from rsrs.model.acceleration import accelerate, image_encoders
 from rsrs.model.fp8 import FLOAT8_MAX, float8_linears, rowwise_float8, runs_float8
 from tests.model.test_lora import tiny_with_trained_adapters
@@ -50,6 +51,13 @@ def test_float8_goes_to_aligned_linear_layers_but_lora_adapters_and_mlp_second_l
     assert any(name.endswith(".base_layer") for name in float8)  # LoRA'd layers compute their base in float8
     assert any(name.endswith("mlp.fc1") for name in float8)  # no epilogue on these fc1s: they go float8
     assert model.state_dict().keys() == tiny.state_dict().keys()
+
+
+def test_float8_takes_sam2_hiera_mlps_first_layer_and_leaves_their_second_in_bf16():
+    model = load_model("tiny2", device="cpu")
+    float8_linears(model.sam2.vision_encoder)
+    mlps = [m for m in model.sam2.vision_encoder.modules() if isinstance(m, Sam2FeedForward)]
+    assert mlps and all(runs_float8(m.proj_in) and not runs_float8(m.proj_out) for m in mlps)
 
 
 def test_a_float8_siglip_tower_encodes_like_its_own_weights_within_float8_error(tiny):

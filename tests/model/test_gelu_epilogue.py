@@ -9,6 +9,7 @@ import copy
 import torch
 from transformers.activations import ACT2FN
 from transformers.models.sam.modeling_sam import SamMLPBlock
+from transformers.models.sam2.modeling_sam2 import Sam2FeedForward
 from transformers.models.siglip.modeling_siglip import SiglipMLP
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MLP
 
@@ -45,6 +46,22 @@ def test_sam_mlps_take_the_epilogue_when_approximating_once_their_lora_adapters_
     merge_lora_adapters(model)
     assert fuse_gelu_epilogues(model.sam, approximate=True) == len(sam_mlps) > 0
     assert all(has_gelu_epilogue(m) for m in sam_mlps)
+
+
+def test_sam2_hiera_mlps_take_the_approximated_epilogue_and_off_a_gpu_still_compute_the_exact_gelu():
+    model = load_model("tiny2", device="cpu")
+    merge_lora_adapters(model)
+    fast = copy.deepcopy(model)
+    fuse_gelu_epilogues(fast, approximate=True)
+    hiera = [m for m in fast.sam2.vision_encoder.modules() if isinstance(m, Sam2FeedForward)]
+    decoder = [m for m in fast.sam2.mask_decoder.modules() if isinstance(m, Sam2FeedForward)]
+    assert hiera and all(has_gelu_epilogue(m) for m in hiera)
+    assert decoder and not any(has_gelu_epilogue(m) for m in decoder)  # ReLU, some of three layers
+    tiles = random_tiles(0)
+    with torch.inference_mode():
+        expected = model.predict(tiles, model.encode_texts(["a pond"]))
+        got = fast.predict(tiles, fast.encode_texts(["a pond"]))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_accelerate_gives_epilogues_by_default_and_off_a_gpu_they_compute_transformers_forward(tiny):
