@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -123,6 +124,10 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true", help="record the worker's reads, model turns and tasks")
     parser.add_argument("--name", default="run_gpu", help="result file name under benchmarks/results/")
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:
+        handler.setLevel(logging.WARNING)  # warnings, such as a worker that died, not the scheduler's INFO chatter
+    logging.getLogger("rsrs").setLevel(logging.INFO)  # as `rsrs -v run`: the local cluster's workers warn too
     tasks_per_gpu = [int(t) for t in args.tasks_per_gpu.split(",")]  # the first is the headline's
     allowed = get_args(Compute.model_fields["tasks_per_gpu"].annotation)  # checked now, not after the first run
     if not set(tasks_per_gpu) <= set(allowed):

@@ -63,7 +63,12 @@ class RsrsGroup(click.Group):
 
 
 @click.group(cls=RsrsGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details and show tracebacks on errors.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log progress details and the local Dask cluster's warnings (a worker that died); show tracebacks on errors.",
+)
 @click.version_option(package_name="rsrs")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:

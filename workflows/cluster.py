@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Log level of the local cluster's own messages: its workers' shutdown chatter (after Ctrl-C, say) is not news;
 #: what matters reaches the user as rsrs's own one-line errors and run.json.
 QUIET = logging.ERROR
+#: ... unless rsrs logs at INFO (``rsrs -v``): then its warnings show, such as a worker that died and restarts.
+VERBOSE = logging.WARNING
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,7 +65,13 @@ def _local_cluster(compute: Compute) -> LocalCluster:
         return _start_local_cluster(compute)
 
 
+def cluster_log_level() -> int:
+    """The level of the local cluster's logs: :data:`QUIET`, or :data:`VERBOSE` while rsrs logs at INFO."""
+    return VERBOSE if log.isEnabledFor(logging.INFO) else QUIET
+
+
 def _start_local_cluster(compute: Compute) -> LocalCluster:
+    level = cluster_log_level()
     gpus = visible_gpus() if compute.gpus_per_worker != 0 else 0
     if gpus:
         n_workers = min(compute.n_workers, gpus)
@@ -75,7 +83,7 @@ def _start_local_cluster(compute: Compute) -> LocalCluster:
 
                 log.info("starting LocalCUDACluster with %d GPU workers", n_workers)
                 return LocalCUDACluster(
-                    n_workers=n_workers, threads_per_worker=threads, resources={"GPU": 1}, silence_logs=QUIET
+                    n_workers=n_workers, threads_per_worker=threads, resources={"GPU": 1}, silence_logs=level
                 )
             log.info("dask-cuda not installed: LocalCluster of %d GPU workers, pinned by worker name", n_workers)
             return LocalCluster(
@@ -83,10 +91,10 @@ def _start_local_cluster(compute: Compute) -> LocalCluster:
                 threads_per_worker=threads,
                 processes=True,
                 resources={"GPU": 1},
-                silence_logs=QUIET,
+                silence_logs=level,
             )
     log.info("starting LocalCluster with %d CPU workers", compute.n_workers)
-    return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True, silence_logs=QUIET)
+    return LocalCluster(n_workers=compute.n_workers, threads_per_worker=1, processes=True, silence_logs=level)
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """The cluster helpers of `rsrs run`: bounded submission and the model resident per worker."""
 
+import logging
 import multiprocessing
 import subprocess
 import sys
@@ -170,3 +171,21 @@ def test_tasks_asking_for_half_a_gpu_reach_every_gpu_worker():
         seen = {address for _, address in bounded_map(client, _worker_address, tagged, max_in_flight=8,
                                                        resources={"GPU": gpu_share(Compute())})}  # fmt: skip
         assert seen == set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _warn_in_worker() -> None:
+    logging.getLogger("distributed.worker").warning("a worker's warning")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_local_clusters_warnings_show_only_under_rsrs_verbose(capfd, verbose):
+    """``rsrs -v run`` shows a worker dying and restarting; a plain run keeps the cluster's chatter to itself."""
+    rsrs_log = logging.getLogger("rsrs")
+    level = rsrs_log.level
+    rsrs_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        with dask_client(Compute(n_workers=1, gpus_per_worker=0)) as client:
+            client.run(_warn_in_worker)
+    finally:
+        rsrs_log.setLevel(level)
+    assert ("a worker's warning" in capfd.readouterr().err) == verbose
