@@ -180,8 +180,8 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
 
     'compiled' keeps transformers' attention, convolutions and MLPs and runs the LoRA adapters unmerged; the fused
     variants add SAM's fused attention, the patch matmuls, SigLIP's GELU epilogues and merged adapters, as
-    ``accelerate`` does by default. Compiled variants come once
-    per mode, named with the mode where it is not the default ('fused_compiled_max_autotune_no_cudagraphs')."""
+    ``accelerate`` does by default. Compiled variants come once per mode, named with the mode where it is not the
+    default ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     fused: list[tuple[str, dict]] = []  # each again with the options --no-gelu-epilogues etc. ask for
     if args.fused:
