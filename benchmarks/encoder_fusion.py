@@ -10,14 +10,15 @@ variant's top device operators and, on a GPU, its kernel time by kind (``benchma
 
 Variants: eager always; ``--fused``: fused SAM attention (``--kernel``: which) and patch-embedding matmuls;
 ``--compile``: compiled encoders with transformers' attention and convolutions, and fused + compiled with
-``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways);
-``--no-gelu-epilogues``: each fused variant again with SigLIP's MLP as transformers runs it (the fused variants
-have its bias and GELU in cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--approximate-gelu``:
-each fused variant again with SAM's MLPs in that epilogue too (their exact GELU approximated); ``--unmerged-lora``:
-each fused variant again with the LoRA adapters running beside their base layers (merged by default); ``--fp8``:
-float8 linear layers (H100/H200; not the MLPs' second layers), fused, uncompiled and compiled, each a fused variant
-for the options above. A variant's figures are saved as soon as it is measured; ``--only a,b`` runs only the
-variants named (and eager, the reference).
+``--fused``, once per ``--mode`` (``default,coordinate-descent`` compiles each both ways); ``--no-gelu-epilogues``:
+each fused variant again with SigLIP's MLP as transformers runs it (the fused variants have its bias and GELU in
+cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--approximate-gelu``: each fused variant again
+with SAM's MLPs in that epilogue too (their exact GELU approximated); ``--unmerged-lora``: each fused variant again
+with the LoRA adapters running beside their base layers (merged by default); ``--no-compiled-decoder``: each
+compiled fused variant again with only its image encoders compiled (``accelerate`` compiles the prompter and mask
+decoder too, by default); ``--fp8``: float8 linear layers (H100/H200; not the MLPs' second layers), fused,
+uncompiled and compiled, each a fused variant for the options above. A variant's figures are saved as soon as it is
+measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
@@ -76,6 +77,11 @@ def main() -> None:
         "--unmerged-lora",
         action="store_true",
         help="with --fused: each fused variant also with its LoRA adapters running beside their base layers",
+    )
+    parser.add_argument(
+        "--no-compiled-decoder",
+        action="store_true",
+        help="with --fused: each compiled fused variant also with its prompter and mask decoder left eager",
     )
     parser.add_argument(
         "--mode",
@@ -178,10 +184,11 @@ def demo_tiles_and_queries(scene: Path, tile: int = 256) -> tuple[torch.Tensor, 
 def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     """(name, accelerate's options) of the variants asked for; eager (None: the model as loaded) first.
 
-    'compiled' keeps transformers' attention, convolutions and MLPs and runs the LoRA adapters unmerged; the fused
-    variants add SAM's fused attention, the patch matmuls, SigLIP's GELU epilogues and merged adapters, as
-    ``accelerate`` does by default. Compiled variants come once per mode, named with the mode where it is not the
-    default ('fused_compiled_max_autotune_no_cudagraphs')."""
+    'compiled' keeps transformers' attention, convolutions and MLPs, runs the LoRA adapters unmerged and compiles
+    only the image encoders; the fused variants add SAM's fused attention, the patch matmuls, SigLIP's GELU
+    epilogues, merged adapters and (compiled) the compiled decoder, as ``accelerate`` does by default. Compiled
+    variants come once per mode, named with the mode where it is not the default
+    ('fused_compiled_max_autotune_no_cudagraphs')."""
     variants: list[tuple[str, dict | None]] = [("eager", None)]
     fused: list[tuple[str, dict]] = []  # each again with the options --no-gelu-epilogues etc. ask for
     if args.fused:
@@ -189,6 +196,7 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
     for mode in args.mode if args.compile else []:
         suffix = "" if mode == "default" else "_" + mode.replace("-", "_")
         stock = {"fused_attention": False, "patch_matmuls": False, "gelu_epilogues": False, "merge_lora": False}
+        stock["compile_decoder"] = False
         variants.append(("compiled" + suffix, {**stock, "mode": mode}))
         if args.fused:
             fused.append(("fused_compiled" + suffix, {"fused_attention": args.kernel, "mode": mode}))
@@ -202,6 +210,8 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
             variants.append((f"{name}_approximate_gelu", {**options, "approximate_gelu": True}))
         if args.unmerged_lora:
             variants.append((f"{name}_unmerged_lora", {**options, "merge_lora": False}))
+        if args.no_compiled_decoder and options.get("compile", True):
+            variants.append((f"{name}_eager_decoder", {**options, "compile_decoder": False}))
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]
 
 

@@ -1,5 +1,5 @@
 """Fast inference for a built model: LoRA merged, fused SAM attention, SDPA attention, patch embeddings as matmuls,
-compiled image encoders, optional FP8.
+compiled image encoders and decoder, optional FP8.
 
 Everything acts on the module types it finds inside any ``nn.Module`` (SAM ViT and SAM 2 Hiera image encoders,
 SigLIP and SigLIP2 vision towers), so it applies to RSRefSeg and RSRefSeg 2 alike without knowing which, and
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionEncoder, SamVisionSdpaAttention
 from transformers.models.sam2.modeling_sam2 import Sam2HieraDetModel, Sam2MultiScaleAttention, Sam2VisionModel
@@ -36,6 +37,7 @@ from rsrs.model.fused_attention import Kernel, fuse_sam_attention, is_fused
 from rsrs.model.gelu_epilogue import fuse_gelu_epilogues
 from rsrs.model.lora import merge_lora_adapters
 from rsrs.model.patch_embedding import patch_convolutions_as_matmuls
+from rsrs.model.segmenter import PairwiseSegmenter
 
 #: The image encoders :func:`accelerate` compiles (the outermost one where they nest).
 IMAGE_ENCODER_TYPES: tuple[type[nn.Module], ...] = (
@@ -69,6 +71,7 @@ def accelerate(
     approximate_gelu: bool = False,
     merge_lora: bool = True,
     fp8: bool = False,
+    compile_decoder: bool = True,
     mode: str = "default",
 ) -> nn.Module:
     """``model`` made fast for inference, in place (and returned); its outputs stay eager's up to rounding.
@@ -87,7 +90,8 @@ def accelerate(
     becomes its tanh approximation (within 4.8e-4): off by default.
     ``fp8``: most of the image encoders' linear layers in float8 (H100/H200; rsrs.model.fp8): changes the numbers,
     off by default.
-    ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache.
+    ``compile``: each image encoder compiled (``mode`` without CUDA graphs), with the persistent compile cache;
+    and, with ``compile_decoder``, the model's prompter and mask decoder (:func:`compile_decode_pairs`).
     Parameter names are unchanged; the changes cannot be undone on this instance.
     """
     if compile and mode not in COMPILE_MODES:
@@ -116,7 +120,29 @@ def accelerate(
         use_compile_cache()
         for encoder in encoders:
             encoder.compile(options=COMPILE_MODES[mode], dynamic=False)
+        if compile_decoder:
+            compile_decode_pairs(model, mode=mode)
     return model
+
+
+def compile_decode_pairs(model: nn.Module, *, mode: str = "default") -> bool:
+    """Compile ``model.decode_pairs`` (prompter, mask decoder, logits to the tiles' size) on this instance; returns
+    whether it did (False for a module without one, or one compiled already).
+
+    Its element-wise work (layer norms, adds, copies over every pair's 64 x 64 x 256 image embedding) ran eagerly
+    inside the workers' CUDA graphs: 7.7 of the 140.8 ms of kernels of a compiled rsrefseg-b batch of 32 on an H200
+    (benchmarks/results/traces_merged/trace.fused_compiled.json.gz). One graph per pair count (a batch's pairs
+    are decoded in chunks of at most 64).
+    """
+    if not isinstance(model, PairwiseSegmenter) or is_decoder_compiled(model):
+        return False
+    model.decode_pairs = torch.compile(model.decode_pairs, options=COMPILE_MODES[mode], dynamic=False)
+    return True
+
+
+def is_decoder_compiled(model: nn.Module) -> bool:
+    """Whether :func:`compile_decode_pairs` compiled ``model``'s ``decode_pairs``."""
+    return "decode_pairs" in vars(model)
 
 
 def image_encoders(model: nn.Module) -> dict[str, nn.Module]:

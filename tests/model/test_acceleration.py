@@ -18,7 +18,9 @@ from rsrs.model.acceleration import (
     accelerate,
     attention_kernels,
     compile_cache_dir,
+    compile_decode_pairs,
     image_encoders,
+    is_decoder_compiled,
     use_compile_cache,
     use_sdpa_attention,
 )
@@ -109,6 +111,35 @@ def test_accelerate_computes_the_encoders_patch_embeddings_as_matmuls_unless_tol
     assert len(others) > 10 and not any(is_patch_matmul(m) for m in others)  # SAM's neck, the prompter's, ...
 
 
+def test_compile_covers_the_decoder_of_a_segmenter_unless_told_not_to():
+    """Compiling is lazy (the first call compiles), so this checks only what is set up."""
+    assert is_decoder_compiled(accelerate(load_model("tiny", device="cpu")))
+    assert not is_decoder_compiled(accelerate(load_model("tiny", device="cpu"), compile_decoder=False))
+    assert not is_decoder_compiled(accelerate(load_model("tiny", device="cpu"), compile=False))
+    compiled = accelerate(load_model("tiny2", device="cpu"))
+    assert is_decoder_compiled(compiled) and not compile_decode_pairs(compiled)  # once only
+    siglip, _ = tiny_siglip()
+    assert not compile_decode_pairs(siglip) and accelerate(siglip) is siglip  # an encoder alone has no decoder
+
+
+@pytest.mark.slow  # compiling a tiny decoder on a 2-core CPU takes about a minute
+@pytest.mark.parametrize("preset", ["tiny", "tiny2"])
+def test_compiled_decode_pairs_equals_eager_for_both_architectures(preset, monkeypatch, tmp_path):
+    monkeypatch.setenv("RSRS_COMPILE_CACHE", str(tmp_path / "cache"))
+    model = load_model(preset, device="cpu")
+    if preset == "tiny":
+        randomise_relative_positions(model, seed=0)
+    features = model.encode_images(random_tiles(3))
+    text = model.encode_texts(["the pond", "the road"])
+    pairs = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+    with torch.inference_mode():
+        expected = model.decode_pairs(features, text, *pairs)
+        assert compile_decode_pairs(model)
+        compiled = model.decode_pairs(features, text, *pairs)
+    for got, want in zip(compiled, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_image_encoders_are_found_by_type_outermost_first():
     tiny = load_model("tiny", device="cpu")
     assert set(image_encoders(tiny)) == {"sam.vision_encoder", "siglip.vision_model"}
@@ -184,7 +215,7 @@ def test_compiled_accelerate_predicts_like_eager_and_fills_the_compile_cache(mon
     reference = copy.deepcopy(model)
     tiles = random_tiles(2)
     text = model.encode_texts(["the pond"])
-    accelerate(model)
+    accelerate(model)  # the encoders and the decoder
     torch.testing.assert_close(model.predict(tiles, text), reference.predict(tiles, text), atol=1e-5, rtol=1e-4)
     assert model.state_dict().keys() == reference.state_dict().keys()
     assert any(Path(tmp_path / "cache").rglob("*"))

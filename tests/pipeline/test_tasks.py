@@ -10,7 +10,7 @@ import shapely
 import torch
 import zarr
 
-from rsrs.model.acceleration import attention_kernels, image_encoders
+from rsrs.model.acceleration import attention_kernels, image_encoders, is_decoder_compiled
 from rsrs.pipeline.mosaic import VARIABLE, create_mosaic, encode_probability, quantise
 from rsrs.pipeline.polygons import load_tile
 from rsrs.pipeline.resident import (
@@ -161,7 +161,7 @@ def test_a_recorder_sees_each_batch_inside_its_turn_each_read_and_the_tasks_wait
     assert sum(e - s for s, e in by_kind["device"]) == pytest.approx(result.model_s)
 
 
-def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention(finisher_kind):
+def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention_and_the_decoder(finisher_kind):
     """model.compile reaches the worker's model: set up before the first batch (which compiles), never after,
     with SAM's relative positions as attention channels. A CPU worker without compile keeps its encoders as loaded.
     Either way a worker, which never trains, runs its LoRA adapters merged into their base weights."""
@@ -170,8 +170,10 @@ def test_a_compiled_model_ref_compiles_the_image_encoders_on_fused_sam_attention
     assert sam == {"SamVisionSdpaAttention: fused channels"}, sam
     encoders = image_encoders(resident.model).values()
     assert len(encoders) == 2 and all(encoder._compiled_call_impl is not None for encoder in encoders)
+    assert is_decoder_compiled(resident.model)
     plain = finisher_kind("threads", ModelRef("tiny", device="cpu"))
     assert all(encoder._compiled_call_impl is None for encoder in image_encoders(plain.model).values())
+    assert not is_decoder_compiled(plain.model)
     assert "SamVisionSdpaAttention: sdpa" in attention_kernels(plain.model)
     for worker in (resident, plain):
         assert lora_merged(worker.model) == {True}
