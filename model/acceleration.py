@@ -10,7 +10,7 @@ compile cache) and, in the worker, is captured with the rest of the batch functi
 Why compile without CUDA graphs: ``rsrs.model.predictor.GraphedBatches`` already captures the whole batch function
 (both encoders, prompter, mask decoder, quantisation) as one graph. Inductor's kernels are ordinary launches and
 are captured into it; compile's own graphs ('reduce-overhead', 'max-autotune') would cover only the compiled
-encoders and cannot be captured inside ours, so those modes are refused.
+parts and cannot be captured inside ours, so those modes are refused.
 
 Why a cache directory rather than the mega-cache: inductor already persists compiled graphs (FX graph cache,
 on by default), Triton kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``, which defaults to a
