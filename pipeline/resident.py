@@ -46,7 +46,7 @@ GROUPS_QUEUED = 2
 @dataclass(frozen=True)
 class ModelRef:
     """Which model a worker loads (a preset name, model config path or checkpoint path), on which device, and how
-    fast: ``compile`` compiles the image encoders, ``precision`` 'fp8' quantises their linear layers (see
+    fast: ``compile`` compiles the image encoders and decoder, ``precision`` 'fp8' quantises their linear layers (see
     :func:`rsrs.model.acceleration.accelerate`)."""
 
     source: str

@@ -193,8 +193,8 @@ class ModelSpec(_Strict):
     config: str | None = None
     checkpoint: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # torch.compile the image encoders in each worker (for GPUs: the first batch compiles, or loads from the
-    # per-machine cache ~/.cache/rsrs/inductor, then runs inside the worker's CUDA graphs)
+    # torch.compile the image encoders and the decoder in each worker (for GPUs: the first batch compiles, or
+    # loads from the per-machine cache ~/.cache/rsrs/inductor, then runs inside the worker's CUDA graphs)
     compile: bool = False
     # fp8: the image encoders' linear layers in float8 (H100/H200 only; the masks change slightly)
     precision: Literal["auto", "fp8"] = "auto"
