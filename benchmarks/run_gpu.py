@@ -6,8 +6,7 @@ in-memory tiles of the same size and batch: eager ``predict``, and the workers' 
 graphs), host to host and on the device without copies, the fastest counting), their ratio (goal >= 0.9), and the
 pipeline time with 5 queries against 1, and MFU (model FLOPs per tile x tiles/s over the H200's dense bf16 peak, 790
 TFLOP/s). ``--compile`` and ``--precision fp8`` set the job's ``model.compile`` / ``model.precision``; the
-model-only function is accelerated as the workers accelerate theirs
-(``rsrs.pipeline.resident.accelerate_as_asked``).
+model-only function is accelerated as the workers accelerate theirs (``resident.accelerate_as_asked``).
 ``worker_model_s`` is the GPU time of the worker's model batches (CUDA events around each batch's work, copies
 excluded); ``model_busy_share`` is that over the scene's wall time. The cluster is dask-cuda's LocalCUDACluster
 when dask-cuda is importable, else a LocalCluster (``dask_cuda`` in the result says which).
