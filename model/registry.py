@@ -17,6 +17,7 @@ from rsrs.core.errors import ConfigError
 from rsrs.model.architectures import AnyModelConfig, architecture
 from rsrs.model.checkpoint import apply_checkpoint
 from rsrs.model.config import presets_dir
+from rsrs.model.fourier_features import cast_keeping_fourier_float32
 from rsrs.model.lora import mark_trainable
 from rsrs.model.rsrefseg2.config import OFFICIAL_SUFFIXES
 from rsrs.model.rsrefseg2.official import load_official_checkpoint
@@ -77,7 +78,8 @@ def load_model(
 ) -> PairwiseSegmenter:
     """A ready-to-use model in eval mode: preset name, model config path, or checkpoint path.
 
-    ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU.
+    ``dtype="auto"`` gives bf16 weights on CUDA (inference) and float32 on CPU; SAM's positional-encoding matrix
+    stays float32 in any dtype (rsrs.model.fourier_features).
     """
     config, checkpoint = resolve_model_spec(spec)
     device = resolve_device(device)
@@ -92,4 +94,4 @@ def load_model(
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    return model.to(device=device, dtype=dtype).eval()
+    return cast_keeping_fourier_float32(model, device=device, dtype=dtype).eval()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SamModel, SiglipModel
 
+from rsrs.model.fourier_features import fourier_encoding, image_wide_fourier_encoding
 from rsrs.model.lora import TrainableSet
 from rsrs.model.losses import LossOutput, bce_dice_loss
 from rsrs.model.outputs import ImageFeatures, MaskOutput, TextFeatures
@@ -148,7 +149,7 @@ class RSRefSeg(PairwiseSegmenter):
             prompts.activation[:, None], size=(4 * Hs, 4 * Ws), mode="bilinear", align_corners=False
         )
         dense = self.sam.prompt_encoder.mask_embed(mask_input.to(emb.dtype))  # P x D x Hs x Ws
-        image_pe = self.sam.get_image_wide_positional_embeddings().to(emb.dtype).expand(P, -1, -1, -1)
+        image_pe = image_wide_fourier_encoding(self.sam).to(emb.dtype).expand(P, -1, -1, -1)
         masks, _ = self.sam.mask_decoder(
             image_embeddings=emb,
             image_positional_embeddings=image_pe,
@@ -172,7 +173,7 @@ class RSRefSeg(PairwiseSegmenter):
         ys = (torch.arange(ny, device=ref.device, dtype=ref.dtype) + 0.5) / ny
         xs = (torch.arange(nx, device=ref.device, dtype=ref.dtype) + 0.5) / nx
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return pe(torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)  # D x ny x nx
+        return fourier_encoding(pe, torch.stack([xx, yy], dim=-1)).permute(2, 0, 1)  # D x ny x nx
 
     # ---- training and inference entry points ------------------------------------------------------------------
 

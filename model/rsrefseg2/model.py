@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Sam2Model, SiglipModel
 
+from rsrs.model.fourier_features import image_wide_fourier_encoding
 from rsrs.model.lora import TrainableSet
 from rsrs.model.losses import LossOutput
 from rsrs.model.outputs import ImageFeatures, TextFeatures
@@ -215,7 +216,7 @@ class RSRefSeg2(PairwiseSegmenter):
         emb = images.sam[image_index]  # P x D x Hs x Ws
         P = emb.shape[0]
         dense = self.sam2.prompt_encoder.mask_embed(prompts.dense.to(emb.dtype))  # P x D x Hs x Ws
-        image_pe = self.sam2.get_image_wide_positional_embeddings().to(emb.dtype).expand(P, -1, -1, -1)
+        image_pe = image_wide_fourier_encoding(self.sam2).to(emb.dtype).expand(P, -1, -1, -1)
         masks, *_ = self.sam2.mask_decoder(
             image_embeddings=emb,
             image_positional_embeddings=image_pe,
