@@ -14,14 +14,15 @@ def _sam(model: torch.nn.Module) -> torch.nn.Module:
     return model.sam if hasattr(model, "sam") else model.sam2
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny2"])
-def float32_model(request):
-    return load_model(request.param, device="cpu", dtype="float32")
+@pytest.fixture(params=["tiny", "tiny2"])
+def preset(request) -> str:
+    """RSRefSeg (SAM) and RSRefSeg 2 (SAM 2)."""
+    return request.param
 
 
-def test_a_bf16_model_keeps_its_fourier_matrices_float32_and_the_rest_bf16(float32_model):
-    name = "tiny" if hasattr(float32_model, "sam") else "tiny2"
-    model = load_model(name, device="cpu", dtype="bfloat16")
+def test_a_bf16_model_keeps_its_fourier_matrices_float32_and_the_rest_bf16(preset):
+    model = load_model(preset, device="cpu", dtype="bfloat16")
+    float32_model = load_model(preset, device="cpu", dtype="float32")
     matrices = [m.positional_embedding for m in model.modules() if isinstance(m, FOURIER_ENCODINGS)]
     assert matrices and all(g.dtype == torch.float32 for g in matrices)
     kept = {id(g) for g in matrices}
@@ -31,18 +32,18 @@ def test_a_bf16_model_keeps_its_fourier_matrices_float32_and_the_rest_bf16(float
     assert all(torch.equal(g, r) for g, r in zip(matrices, reference, strict=True))  # the values as loaded
 
 
-def test_image_wide_encoding_of_a_bf16_model_equals_float32s_up_to_one_rounding(float32_model):
+def test_image_wide_encoding_of_a_bf16_model_equals_float32s_up_to_one_rounding(preset):
+    float32_model = load_model(preset, device="cpu", dtype="float32")
     reference = image_wide_fourier_encoding(_sam(float32_model))  # 1 x D x Hs x Ws, values in [-1, 1]
-    name = "tiny" if hasattr(float32_model, "sam") else "tiny2"
-    kept = image_wide_fourier_encoding(_sam(load_model(name, device="cpu", dtype="bfloat16")))
+    kept = image_wide_fourier_encoding(_sam(load_model(preset, device="cpu", dtype="bfloat16")))
     assert (kept.bfloat16().float() - reference).abs().max() <= 2**-8
     # what a plain cast gives (the matrix and the arithmetic in bf16): wrong well beyond rounding
     plain = image_wide_fourier_encoding(_sam(copy.deepcopy(float32_model).to(torch.bfloat16)))
     assert (plain.float() - reference).abs().max() > 0.05
 
 
-def test_fourier_encodings_are_float32_under_bf16_autocast(float32_model):
-    sam = _sam(float32_model)
+def test_fourier_encodings_are_float32_under_bf16_autocast(preset):
+    sam = _sam(load_model(preset, device="cpu", dtype="float32"))
     outside = image_wide_fourier_encoding(sam)
     grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 7), torch.linspace(0, 1, 5), indexing="ij"), dim=-1)
     outside_grid = fourier_encoding(sam.shared_image_embedding, grid)
