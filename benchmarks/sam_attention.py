@@ -108,7 +108,7 @@ def measure_layer(config, window: int, shape: tuple[int, int, int], *, device: s
     hidden = hidden.to(torch.bfloat16)
 
     variants: list[tuple[str, str | None, str | None]] = [("transformers_sdpa", None, None)]
-    variants += [(kernel, kernel, None) for kernel in ("sdpa", "flex", "channels")]
+    variants += [(kernel, kernel, None) for kernel in ("sdpa", "flex", "channels", "triton")]
     if args.backends:
         variants += [(f"channels_{name}", "channels", name) for name in BACKENDS]
     out: dict = {"shape": list(shape), "tokens": shape[1] * shape[2]}

@@ -18,7 +18,10 @@ them to the scores:
   against 11.5 for transformers' layer, a windowed one 2.6 against 3.3 (benchmarks/results/sam_attention.json);
 - 'flex': FlexAttention's ``score_mod`` adds them to each score inside its fused kernel. Its per-score loads
   from the tables made it about 8x slower than transformers' layer on the H200 (same file); kept to compare;
-- 'sdpa': the tables are summed into the bias for SDPA, as transformers does.
+- 'sdpa': the tables are summed into the bias for SDPA, as transformers does;
+- 'triton': this project's flash-attention kernel whose key blocks are key rows, so the tables add one load per
+  query per key row and the score matmul stays d channels deep (rsrs.model.relative_position_attention; needs the
+  triton package and a GPU, inference only: elsewhere the layer runs 'channels'). Its speed is not measured yet.
 
 Applied after construction (STYLE rule 4): each attention layer's ``forward`` is replaced on the instance; its
 parameters, their names, LoRA adapters on ``qkv``/``proj`` and the ``get_rel_pos`` it uses stay as they are.
@@ -27,6 +30,7 @@ parameters, their names, LoRA adapters on ``qkv``/``proj`` and the ``get_rel_pos
 from __future__ import annotations
 
 import functools
+import os
 from typing import Literal
 
 import torch
@@ -41,8 +45,8 @@ try:
 except ImportError:  # torch < 2.5
     flex_attention = None
 
-Kernel = Literal["channels", "flex", "sdpa"]
-KERNELS: tuple[Kernel, ...] = ("channels", "flex", "sdpa")
+Kernel = Literal["channels", "flex", "sdpa", "triton"]
+KERNELS: tuple[Kernel, ...] = ("channels", "flex", "sdpa", "triton")
 #: Query/key channels of the 'channels' kernel come in whole multiples of this (16 bytes of bf16): its fused
 #: kernels need it, and relative-position tables this wide are aligned matmul outputs (SAM-B's 14-wide windows
 #: took a slow unaligned kernel).
@@ -53,9 +57,9 @@ def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "channels") -> int:
     """Give every SAM ViT attention layer in ``model`` the fused forward; returns how many layers it changed.
 
     ``kernel``: 'channels' (the relative positions as extra query/key channels of a maskless SDPA), 'flex'
-    (FlexAttention with them in its ``score_mod``; SDPA with the bias where it cannot run) or 'sdpa' (SDPA with
-    the bias built from the same tables). Windowed and global layers alike; layers already fused are set to
-    ``kernel``.
+    (FlexAttention with them in its ``score_mod``; SDPA with the bias where it cannot run), 'sdpa' (SDPA with
+    the bias built from the same tables) or 'triton' (one Triton kernel; 'channels' where it cannot run).
+    Windowed and global layers alike; layers already fused are set to ``kernel``.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -63,6 +67,13 @@ def fuse_sam_attention(model: nn.Module, *, kernel: Kernel = "channels") -> int:
         raise RuntimeError(
             f"kernel='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention); found {torch.__version__}"
         )
+    if kernel == "triton":
+        try:  # registers torch.ops.rsrs.attention_by_key_rows
+            import rsrs.model.relative_position_attention  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError(
+                f"kernel='triton' needs the triton package (CUDA builds of torch bring it): {err}"
+            ) from err
     layers = [m for m in model.modules() if isinstance(m, SamVisionAttention)]
     for layer in layers:
         layer.fused_kernel = kernel
@@ -89,7 +100,10 @@ def fused_sam_attention_forward(
     dropout = self.dropout if self.training else 0.0
     if not self.use_rel_pos:
         out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
-    elif self.fused_kernel == "channels":
+    elif self.fused_kernel == "triton" and _triton_runs(self, query):
+        rel_h, rel_w = relative_position_tables(self, query, height=H, width=W)
+        out = torch.ops.rsrs.attention_by_key_rows(query, key, value, rel_h, rel_w, self.scale)
+    elif self.fused_kernel in ("channels", "triton"):
         rel_h, rel_w = relative_position_tables(self, query, height=H, width=W, keys_multiple=CHANNEL_MULTIPLE)
         out = _sdpa_with_position_channels(query, key, value, rel_h, rel_w, width=W, scale=self.scale, dropout=dropout)
     else:
@@ -133,6 +147,19 @@ def _flex_runs(layer: SamVisionAttention, query: torch.Tensor) -> bool:
     if layer.fused_kernel != "flex" or (layer.training and layer.dropout > 0):
         return False
     return query.is_cuda or not (torch.is_grad_enabled() and query.requires_grad)
+
+
+def _triton_runs(layer: SamVisionAttention, query: torch.Tensor) -> bool:
+    """Whether this call goes to the 'triton' kernel: on a GPU (or Triton's interpreter, TRITON_INTERPRET=1), for
+    inference, with a power-of-two head width of at least 16 (its tiles' sizes)."""
+    d = query.shape[-1]
+    return (
+        (query.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        and not (torch.is_grad_enabled() and query.requires_grad)
+        and not (layer.training and layer.dropout > 0)
+        and d >= 16
+        and d & (d - 1) == 0
+    )
 
 
 def _sdpa_with_position_channels(

@@ -1,5 +1,10 @@
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # the 'triton' SAM attention kernel then runs in Triton's interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # tensors; read when its module defines the kernel
 
 from rsrs.model import load_model
 

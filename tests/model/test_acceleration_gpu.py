@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rsrs.model import batch_predictor, get_model_config, load_model
 from rsrs.model.acceleration import accelerate, attention_kernels
+from rsrs.model.fourier_features import cast_keeping_fourier_float32
 from rsrs.model.fp8 import runs_float8
 from rsrs.model.gelu_epilogue import has_gelu_epilogue
 from tests.model.conftest import random_tiles
@@ -35,7 +36,7 @@ def rsrefseg_b():
     """rsrefseg-b at random init, bf16 on CUDA, with non-zero relative positions (SAM initialises them to 0)."""
     model = load_model("rsrefseg-b", device="cpu", dtype="float32", pretrained=False)
     randomise_relative_positions(model, seed=0)
-    return model.to(device="cuda", dtype=torch.bfloat16)
+    return cast_keeping_fourier_float32(model, device="cuda", dtype=torch.bfloat16)  # as load_model casts
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,18 @@ def test_fused_rsrefseg_b_encodes_and_decodes_like_eager_within_bf16(rsrefseg_b,
     assert relative_error(got.sam, expected.sam) < 2e-2
     assert relative_error(got.siglip, expected.siglip) < 2e-2
     assert relative_error(got_logits, expected_logits) < 3e-2
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_triton_sam_attention_encodes_like_the_channels_kernel_within_bf16(rsrefseg_b, compile):
+    tiles = random_tiles(1, batch=2, height=1024, width=1024).cuda()
+    channels = accelerate(copy.deepcopy(rsrefseg_b), compile=compile)
+    triton = accelerate(copy.deepcopy(rsrefseg_b), compile=compile, fused_attention="triton")
+    assert "SamVisionSdpaAttention: fused triton" in attention_kernels(triton)
+    with torch.inference_mode():
+        expected = channels.encode_images(tiles).sam
+        got = triton.encode_images(tiles).sam
+    assert relative_error(got, expected) < 2e-2
 
 
 def test_fused_sam_attention_runs_on_a_fused_sdpa_kernel_not_the_math_fallback(rsrefseg_b):

@@ -8,7 +8,7 @@ from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSd
 
 from rsrs.model import load_model
 from rsrs.model.config import get_model_config
-from rsrs.model.fused_attention import fuse_sam_attention, is_fused, relative_position_tables
+from rsrs.model.fused_attention import KERNELS, fuse_sam_attention, is_fused, relative_position_tables
 from rsrs.model.rsrefseg.sam import sam_config
 
 # FlexAttention outside torch.compile (the CPU reference the tests use) warns that it is unfused.
@@ -34,7 +34,7 @@ def tiny_sam_attention(cls: type[SamVisionAttention], *, window_size: int) -> Sa
     return layer
 
 
-@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("reference", [SamVisionAttention, SamVisionSdpaAttention])
 @pytest.mark.parametrize(("window_size", "shape"), [(8, (6, 8, 8)), (0, (2, 16, 16)), (0, (2, 6, 10))])
 def test_fused_attention_equals_transformers_sam_attention(kernel, reference, window_size, shape):
@@ -62,7 +62,7 @@ def test_fused_attention_without_relative_positions_equals_transformers():
         torch.testing.assert_close(fused(hidden)[0], layer(hidden)[0])
 
 
-@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])  # flex: SDPA takes a gradient on the CPU
+@pytest.mark.parametrize("kernel", KERNELS)  # flex: SDPA takes a gradient on the CPU; triton: channels
 def test_fused_attention_gradients_equal_transformers(kernel):
     layer = tiny_sam_attention(SamVisionSdpaAttention, window_size=8)
     fused = copy.deepcopy(layer)
@@ -76,7 +76,7 @@ def test_fused_attention_gradients_equal_transformers(kernel):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4, msg=name)  # gradients up to 33: sum order
 
 
-@pytest.mark.parametrize("kernel", ["channels", "flex", "sdpa"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_fused_tiny_sam_vision_encoder_equals_unfused(kernel):
     model = load_model("tiny", device="cpu")  # SAM's windowed and global layers, LoRA on qkv and proj
     randomise_relative_positions(model, seed=4)
@@ -112,4 +112,4 @@ def test_relative_position_tables_padded_to_whole_multiples_keep_their_terms_and
 
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel must be one of"):
-        fuse_sam_attention(torch.nn.Linear(2, 2), kernel="triton")
+        fuse_sam_attention(torch.nn.Linear(2, 2), kernel="xformers")
