@@ -28,12 +28,21 @@ CONFIGS = [
 
 
 @triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in float32; float32 operands multiplied exactly where IEEE (else as TF32 on a GPU)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
 def _attention_by_key_rows(
     q_ptr, k_ptr, v_ptr, rel_h_ptr, rel_w_ptr, out_ptr,
     q_b, q_h, q_n, k_b, k_h, k_n, v_b, v_h, v_n,  # strides (elements); the channel stride is 1
     rh_b, rh_h, rh_n, rw_b, rw_h, rw_n, o_b, o_h, o_n,
     scale, N, HEADS, KEY_ROWS,
-    KEY_COLUMNS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    KEY_COLUMNS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK_M queries of one image and head, against all keys, one key row per step."""
     log2e: tl.constexpr = 1.4426950408889634
@@ -63,7 +72,7 @@ def _attention_by_key_rows(
         k = tl.load(
             k_ptr + b * k_b + h * k_h + keys[None, :] * k_n + channels[:, None], mask=column_in[None, :], other=0.0
         )
-        scores = tl.dot(q, k) * (scale * log2e)  # BLOCK_M x BLOCK_N, in log2 units
+        scores = _dot(q, k, IEEE) * (scale * log2e)  # BLOCK_M x BLOCK_N, in log2 units
         rel_h = tl.load(rel_h_rows + row, mask=query_in, other=0.0).to(tl.float32)
         scores += rel_w + rel_h[:, None] * log2e
         new_max = tl.maximum(running_max, tl.max(scores, 1))
@@ -73,7 +82,7 @@ def _attention_by_key_rows(
         v = tl.load(
             v_ptr + b * v_b + h * v_h + keys[:, None] * v_n + channels[None, :], mask=column_in[:, None], other=0.0
         )
-        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * correction[:, None] + _dot(p.to(v.dtype), v, IEEE)
         running_max = new_max
     out = acc / running_sum[:, None]
     tl.store(
@@ -94,6 +103,7 @@ def attention_by_key_rows(
 
     query, key, value: B x heads x N x d (channels contiguous, d a power of two >= 16); rel_h: B x heads x N x rows;
     rel_w: B x heads x N x columns  ->  B x heads x N x d, stored token-major (its transpose(1, 2) is contiguous).
+    Matmuls accumulate in float32; float32 inputs are multiplied exactly (no TF32).
     """
     B, heads, N, d = query.shape
     rows, columns = rel_h.shape[-1], rel_w.shape[-1]
@@ -106,6 +116,7 @@ def attention_by_key_rows(
         *query.stride()[:3], *key.stride()[:3], *value.stride()[:3],
         *rel_h.stride()[:3], *rel_w.stride()[:3], *out.stride()[:3],
         scale, N, heads, rows,
-        KEY_COLUMNS=columns, BLOCK_N=max(16, triton.next_power_of_2(columns)), HEAD_DIM=d, **fixed,
+        KEY_COLUMNS=columns, BLOCK_N=max(16, triton.next_power_of_2(columns)), HEAD_DIM=d,
+        IEEE=query.dtype == torch.float32, **fixed,
     )  # fmt: skip
     return out

@@ -1,6 +1,7 @@
 """The 'triton' SAM attention kernel: against float64 attention with relative positions, and inside a fused layer.
 
-Off a GPU the kernel runs in Triton's interpreter on CPU tensors (tests/model/conftest.py sets TRITON_INTERPRET).
+On a GPU where there is one; otherwise in Triton's interpreter on CPU tensors (tests/model/conftest.py sets
+TRITON_INTERPRET). float32 throughout.
 """
 
 import copy
@@ -13,6 +14,8 @@ from transformers.models.sam.modeling_sam import SamVisionSdpaAttention
 from rsrs.model.fused_attention import fuse_sam_attention
 from rsrs.model.relative_position_attention import attention_by_key_rows
 from tests.model.test_fused_attention import tiny_sam_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def reference_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
@@ -30,12 +33,10 @@ def reference_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
 def test_kernel_equals_float64_attention_on_the_qkv_projections_strided_layout(images, heads, rows, columns, d):
     g = torch.Generator().manual_seed(rows)
     N = rows * columns
-    qkv = torch.randn(images, N, 3, heads, d, generator=g).permute(2, 0, 3, 1, 4)  # as SAM's qkv leaves them
+    qkv = torch.randn(images, N, 3, heads, d, generator=g).to(DEVICE).permute(2, 0, 3, 1, 4)  # as SAM's qkv leaves them
     q, k, v = qkv.unbind(0)
-    rel_h, rel_w = (
-        2 * torch.randn(images, heads, N, rows, generator=g),
-        2 * torch.randn(images, heads, N, columns, generator=g),
-    )
+    rel_h = 2 * torch.randn(images, heads, N, rows, generator=g).to(DEVICE)
+    rel_w = 2 * torch.randn(images, heads, N, columns, generator=g).to(DEVICE)
     out = attention_by_key_rows(q, k, v, rel_h, rel_w, 1 / math.sqrt(d))
     expected = reference_attention(q, k, v, rel_h, rel_w, 1 / math.sqrt(d))
     assert not torch.allclose(reference_attention(q, k, v, 0 * rel_h, 0 * rel_w, 1 / math.sqrt(d)), expected, atol=1e-2)
@@ -44,10 +45,10 @@ def test_kernel_equals_float64_attention_on_the_qkv_projections_strided_layout(i
 
 
 def test_fused_layer_runs_the_triton_kernel_for_inference_and_channels_for_training():
-    layer = tiny_sam_attention(SamVisionSdpaAttention, window_size=0)
+    layer = tiny_sam_attention(SamVisionSdpaAttention, window_size=0).to(DEVICE)
     fused = copy.deepcopy(layer)
     fuse_sam_attention(fused, kernel="triton")
-    hidden = torch.randn(2, 16, 16, layer.qkv.in_features, generator=torch.Generator().manual_seed(7))
+    hidden = torch.randn(2, 16, 16, layer.qkv.in_features, generator=torch.Generator().manual_seed(7)).to(DEVICE)
 
     def ran_triton(fn) -> bool:
         with torch.profiler.profile() as profile:
