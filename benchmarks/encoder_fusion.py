@@ -16,9 +16,10 @@ cuBLASLt's matmul epilogue, as ``accelerate`` does by default); ``--approximate-
 with SAM's MLPs in that epilogue too (their exact GELU approximated); ``--unmerged-lora``: each fused variant again
 with the LoRA adapters running beside their base layers (merged by default); ``--no-compiled-decoder``: each
 compiled fused variant again with only its image encoders compiled (``accelerate`` compiles the prompter and mask
-decoder too, by default); ``--fp8``: float8 linear layers (H100/H200; not the MLPs' second layers), fused,
-uncompiled and compiled, each a fused variant for the options above. A variant's figures are saved as soon as it is
-measured; ``--only a,b`` runs only the variants named (and eager, the reference).
+decoder too, by default); ``--triton-attention``: each fused variant again with SAM's attention on the 'triton'
+kernel (``rsrs.model.relative_position_attention``); ``--fp8``: float8 linear layers (H100/H200; not the MLPs'
+second layers), fused, uncompiled and compiled, each a fused variant for the options above. A variant's figures
+are saved as soon as it is measured; ``--only a,b`` runs only the variants named (and eager, the reference).
 
 GPU machine:  python -m benchmarks.encoder_fusion --fused --compile --trace $OUT/trace.json.gz
 Demo model:   python -m benchmarks.encoder_fusion --demo --fused --compile --fp8   (real masks: the demo scene's
@@ -82,6 +83,11 @@ def main() -> None:
         "--no-compiled-decoder",
         action="store_true",
         help="with --fused: each compiled fused variant also with its prompter and mask decoder left eager",
+    )
+    parser.add_argument(
+        "--triton-attention",
+        action="store_true",
+        help="with --fused: each fused variant also with SAM's attention on the 'triton' kernel",
     )
     parser.add_argument(
         "--mode",
@@ -211,6 +217,8 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, dict | None]]:
             variants.append((f"{name}_approximate_gelu", {**options, "approximate_gelu": True}))
         if args.unmerged_lora:
             variants.append((f"{name}_unmerged_lora", {**options, "merge_lora": False}))
+        if args.triton_attention:
+            variants.append((f"{name}_triton", {**options, "fused_attention": "triton"}))
         if args.no_compiled_decoder and options.get("compile", True):
             variants.append((f"{name}_eager_decoder", {**options, "compile_decoder": False}))
     return [(name, options) for name, options in variants if options is None or not args.only or name in args.only]
