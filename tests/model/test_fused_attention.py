@@ -76,7 +76,9 @@ def test_fused_attention_gradients_equal_transformers(kernel):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4, msg=name)  # gradients up to 33: sum order
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(  # 'triton' runs in Triton's interpreter off a GPU: slow there
+    "kernel", [pytest.param(k, marks=pytest.mark.slow) if k == "triton" else k for k in KERNELS]
+)
 def test_fused_tiny_sam_vision_encoder_equals_unfused(kernel):
     model = load_model("tiny", device="cpu")  # SAM's windowed and global layers, LoRA on qkv and proj
     randomise_relative_positions(model, seed=4)

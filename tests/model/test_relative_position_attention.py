@@ -50,12 +50,14 @@ def test_fused_layer_runs_the_triton_kernel_for_inference_and_channels_for_train
     fuse_sam_attention(fused, kernel="triton")
     hidden = torch.randn(2, 16, 16, layer.qkv.in_features, generator=torch.Generator().manual_seed(7)).to(DEVICE)
 
-    def ran_triton(fn) -> bool:
+    def ran_triton(fn) -> tuple[bool, torch.Tensor]:
         with torch.profiler.profile() as profile:
-            fn()
-        return any("rsrs::attention_by_key_rows" in event.name for event in profile.events())
+            out = fn()
+        return any("rsrs::attention_by_key_rows" in event.name for event in profile.events()), out
 
     with torch.no_grad():
-        assert ran_triton(lambda: fused(hidden))
-        torch.testing.assert_close(fused(hidden)[0], layer(hidden)[0])
-    assert not ran_triton(lambda: fused(hidden)[0].sum().backward())  # a gradient: the 'channels' kernel
+        ran, out = ran_triton(lambda: fused(hidden)[0])
+        assert ran
+        torch.testing.assert_close(out, layer(hidden)[0])
+    ran, _ = ran_triton(lambda: fused(hidden)[0].sum().backward())
+    assert not ran  # a gradient: the 'channels' kernel
