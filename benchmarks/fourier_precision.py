@@ -27,6 +27,7 @@ import torch
 from benchmarks._common import device_info, write_result
 from benchmarks.encoder_fusion import DEMO, demo_tiles_and_queries
 from rsrs.model import load_model
+from rsrs.workflows.metrics import score_sample, summarize
 
 REAL_SCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "imagery" / "cogeo.tif"
 
@@ -100,13 +101,10 @@ def _equal(logits: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _ious(masks: torch.Tensor, truth: torch.Tensor) -> dict:
-    """gIoU (mean over expressions) and cIoU (pooled) of Q x H x W masks against the truth."""
-    inter = (masks & truth).flatten(1).sum(1).double()
-    union = (masks | truth).flatten(1).sum(1).double()
-    return {
-        "demo_giou": round(float((inter / union.clamp(min=1)).mean()), 4),
-        "demo_ciou": round(float(inter.sum() / union.sum()), 4),
-    }
+    """gIoU and cIoU of Q x H x W masks against the truth, one sample per expression (rsrs.workflows.metrics)."""
+    scores = [score_sample(str(i), m.numpy(), t.numpy()) for i, (m, t) in enumerate(zip(masks, truth, strict=True))]
+    summary = summarize(scores)
+    return {"demo_giou": round(summary["gIoU"], 4), "demo_ciou": round(summary["cIoU"], 4)}
 
 
 if __name__ == "__main__":

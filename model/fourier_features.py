@@ -38,9 +38,8 @@ def fourier_encoding(encoding: nn.Module, coordinates: torch.Tensor) -> torch.Te
 
     coordinates: ... x 2 in [0, 1] (x, y)  ->  ... x D
     """
-    matrix = encoding.positional_embedding
-    with _without_autocast(matrix.device):
-        return encoding(coordinates.to(matrix.dtype))
+    with _without_autocast(encoding.positional_embedding.device):
+        return encoding(coordinates)  # transformers casts the coordinates to G's dtype
 
 
 def image_wide_fourier_encoding(sam: nn.Module) -> torch.Tensor:
