@@ -1,11 +1,12 @@
 """Device time of a chrome trace's kernels by kind: where one batch's milliseconds go, read from a committed trace.
 
 ``benchmarks/encoder_fusion.py --trace`` writes one trace per variant (one un-graphed ``predict`` batch). This sums
-their GPU kernels into the kinds that decide what to try next: bf16 and float8 matmuls (cuBLAS/cuBLASLt's ``nvjet``
-and CUTLASS kernels; a float8 one has ``qq``, ``e4m3`` or ``f8`` in its name), attention (cuDNN's, flash,
-memory-efficient), inductor's generated kernels (split into those that compute float8 row scales, an ``amax`` in
-their name, and the rest), and everything else (eager element-wise, copies, reductions). Kernel names are the only
-input, so the figures can be recomputed from the traces under ``benchmarks/results/`` on any machine.
+their GPU kernels into the kinds that decide what to try next: bf16 and float8 matmuls (cuBLAS/cuBLASLt's ``nvjet`` and
+CUTLASS kernels; a float8 one has ``qq``, ``e4m3`` or ``f8`` in its name), attention (cuDNN's, flash, memory-efficient,
+rsrs's Triton kernel ``_attention_by_key_rows``), inductor's generated kernels (split into those that compute float8
+row scales, an ``amax`` in their name, and the rest), and everything else (eager element-wise, copies, reductions).
+Kernel names are the only input, so the figures can be recomputed from the traces under ``benchmarks/results/`` on any
+machine.
 
 Example:  python -m benchmarks.trace_kernels benchmarks/results/traces_fp8/trace.*.json.gz --name trace_kernels_fp8
 """
@@ -28,7 +29,7 @@ def kernel_kind(name: str) -> str:
     lowered = name.lower()
     if lowered.startswith(("nvjet", "cutlass")) or "gemm" in lowered or "xmma" in lowered:
         return "matmul_float8" if any(tag in lowered for tag in ("_qq", "e4m3", "f8")) else "matmul_bf16"
-    if "sdpa" in lowered or "fmha" in lowered or lowered.startswith(("flash", "pytorch_flash")):
+    if "sdpa" in lowered or "fmha" in lowered or lowered.startswith(("flash", "pytorch_flash", "_attention_by_key")):
         return "attention"
     if lowered.startswith("triton"):
         return "inductor_float8_scaling" if "amax" in lowered else "inductor_other"

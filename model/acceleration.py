@@ -33,7 +33,7 @@ from transformers.models.sam2.modeling_sam2 import Sam2HieraDetModel, Sam2MultiS
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipVisionModel
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Attention, Siglip2VisionModel
 
-from rsrs.model.fused_attention import Kernel, fuse_sam_attention, is_fused
+from rsrs.model.fused_attention import Kernel, default_kernel, fuse_sam_attention, is_fused
 from rsrs.model.gelu_epilogue import fuse_gelu_epilogues
 from rsrs.model.lora import merge_lora_adapters
 from rsrs.model.patch_embedding import patch_convolutions_as_matmuls
@@ -80,7 +80,8 @@ def accelerate(
     ``merge_lora``: LoRA adapters folded into their base weights (:func:`rsrs.model.lora.merge_lora_adapters`), so
     they no longer run; the model must not train afterwards.
     ``fused_attention``: SAM ViT attention with its relative positions inside one kernel (rsrs.model.fused_attention;
-    True for its default 'channels' kernel, or a kernel's name).
+    True for :func:`~rsrs.model.fused_attention.default_kernel`, 'triton' on a GPU and 'channels' elsewhere, or a
+    kernel's name).
     ``patch_matmuls``: the image encoders' patch-embedding convolutions as one matmul (rsrs.model.patch_embedding).
     With both, on an H200, rsrefseg-b's ``encode_images`` ran at 138 tiles/s against 73 eager, and 185 against 158
     compiled (benchmarks/results/encoder_fusion_rsrefseg-b_fast.json).
@@ -107,7 +108,7 @@ def accelerate(
         merge_lora_adapters(model)
     use_sdpa_attention(model)
     if fused_attention:
-        fuse_sam_attention(model, **({} if fused_attention is True else {"kernel": fused_attention}))
+        fuse_sam_attention(model, kernel=default_kernel(model) if fused_attention is True else fused_attention)
     if gelu_epilogues:
         fuse_gelu_epilogues(model, approximate=approximate_gelu)
     for encoder in fp8_encoders:  # after merging and the epilogues: float8 copies of the weights as they now are,

@@ -64,6 +64,8 @@ def _attention_by_key_rows(
     rel_h_rows = rel_h_ptr + b * rh_b + h * rh_h + queries * rh_n
     rel_w = tl.where(column_in[None, :], rel_w, float("-inf")) * log2e  # columns past the grid score nothing
 
+    # inductor passes a Python float as float64 (eager Triton as float32): cast once, or the scores turn float64
+    score_scale = tl.full([], scale * log2e, tl.float32)
     running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -72,7 +74,7 @@ def _attention_by_key_rows(
         k = tl.load(
             k_ptr + b * k_b + h * k_h + keys[None, :] * k_n + channels[:, None], mask=column_in[None, :], other=0.0
         )
-        scores = _dot(q, k, IEEE) * (scale * log2e)  # BLOCK_M x BLOCK_N, in log2 units
+        scores = _dot(q, k, IEEE) * score_scale  # BLOCK_M x BLOCK_N, in log2 units
         rel_h = tl.load(rel_h_rows + row, mask=query_in, other=0.0).to(tl.float32)
         scores += rel_w + rel_h[:, None] * log2e
         new_max = tl.maximum(running_max, tl.max(scores, 1))

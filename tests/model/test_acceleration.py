@@ -90,7 +90,7 @@ def test_accelerate_without_compile_leaves_predict_equal():
     torch.testing.assert_close(model.predict(tiles, text), reference.predict(tiles, text))
 
 
-def test_accelerate_puts_sam_on_the_fused_channels_kernel_and_the_rest_on_sdpa_unless_told_otherwise():
+def test_accelerate_puts_sam_on_the_fused_channels_kernel_off_a_gpu_and_the_rest_on_sdpa_unless_told_otherwise():
     model = accelerate(load_model("tiny", device="cpu"), compile=False)
     assert attention_kernels(model) == {"SiglipAttention: sdpa": 4, "SamVisionSdpaAttention: fused channels": 2}
     model = accelerate(load_model("tiny", device="cpu"), compile=False, fused_attention="flex")

@@ -49,7 +49,7 @@ def test_fused_rsrefseg_b_encodes_and_decodes_like_eager_within_bf16(rsrefseg_b,
     tiles = random_tiles(0, batch=2, height=1024, width=1024).cuda()
     text = rsrefseg_b.encode_texts(["the red-roofed buildings", "ponds"])
     fast = accelerate(copy.deepcopy(rsrefseg_b), compile=compile)
-    assert "SamVisionSdpaAttention: fused channels" in attention_kernels(fast)
+    assert "SamVisionSdpaAttention: fused triton" in attention_kernels(fast)  # the default on a GPU
     with torch.inference_mode():
         expected = rsrefseg_b.encode_images(tiles)
         got = fast.encode_images(tiles)

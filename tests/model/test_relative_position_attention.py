@@ -6,6 +6,9 @@ TRITON_INTERPRET). float32 throughout.
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,3 +64,42 @@ def test_fused_layer_runs_the_triton_kernel_for_inference_and_channels_for_train
         torch.testing.assert_close(out, layer(hidden)[0])
     ran, _ = ran_triton(lambda: fused(hidden)[0].sum().backward())
     assert not ran  # a gradient: the 'channels' kernel
+
+
+#: Builds the kernel's Triton IR for an H200 (no GPU needed) with ``scale`` typed as argv[1]; prints whether it dots.
+BUILD_FOR_H200 = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
+from triton.compiler import ASTSource
+from rsrs.model.relative_position_attention import _attention_by_key_rows as kernel
+
+constants = {"KEY_COLUMNS": 64, "BLOCK_N": 64, "HEAD_DIM": 64, "IEEE": False, "BLOCK_M": 64}  # SAM-B, global
+signature = {
+    name: "constexpr" if name in constants else "*bf16" if name.endswith("_ptr") else "i32"
+    for name in kernel.arg_names
+} | {"scale": sys.argv[1]}
+source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(n),): v for n, v in constants.items()})
+target = GPUTarget("cuda", 90, 32)
+backend = CUDABackend(target)
+options = backend.parse_options({})
+context = triton._C.libtriton.ir.context()
+triton._C.libtriton.ir.load_dialects(context)
+backend.load_dialects(context)
+module = source.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+print("tt.dot" in str(module))
+"""
+
+
+@pytest.mark.parametrize("scale_type", ["fp32", "fp64"])
+def test_kernel_builds_for_an_h200_whichever_float_type_the_scale_arrives_as(scale_type):
+    """torch.compile's inductor passes the Python float ``scale`` as float64 where eager Triton passes float32: the
+    kernel must build either way (a float64 scale once made its running maximum float64 and the build fail). Built
+    in a child process: the interpreter this module's other tests may run in has no compiler."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD_FOR_H200, scale_type], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert built.stdout.strip() == "True"
