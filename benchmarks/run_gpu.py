@@ -52,6 +52,7 @@ from rsrs.workflows import run_job
 from rsrs.workflows.interrupts import sigterm_stops
 from rsrs.workflows.job import Compute
 
+_STARTED = time.perf_counter()  # for the progress lines
 QUERIES = ["the red-roofed buildings", "ponds next to the road", "the largest field", "vehicles", "tennis courts"]
 
 
@@ -153,11 +154,13 @@ def main() -> None:
         # the model alone first: a run cut off by the device's time limit still has a ratio for each pipeline run
         result |= model_only_figures(model_config, args)
         write_result(args.name, result, echo=False)
+        _progress(f"model alone: {result['model_only_tiles_per_s_1_query']} tiles/s")
         gc.collect()  # the model measured is gone: its device memory goes back for the workers
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         scene = folder / "scene.tif"
         write_scene(scene, args.size)
+        _progress(f"scene of {args.size}² written")
         spec = {"config": str(model_config), "device": args.device, "compile": args.compile}
         spec |= {"precision": args.precision} if args.precision != "auto" else {}
         runs: dict[tuple[int, int], dict] = {}
@@ -170,7 +173,14 @@ def main() -> None:
                 runs[n, t] = result[_pipeline_key(n, t, tasks_per_gpu[0])] = run
                 result |= _ratios(runs, result, tasks_per_gpu)
                 write_result(args.name, result, echo=False)  # kept if a later step does not finish
+                _progress(f"pipeline run, {n} queries, {t} tasks: {run['tiles_per_s']} tiles/s, start {run['start_s']}")
     write_result(args.name, result)
+
+
+def _progress(what: str) -> None:
+    """Print ``what`` with the seconds since the script started: a call cut off by its deadline shows where the
+    time went."""
+    print(f"[{time.perf_counter() - _STARTED:6.1f} s] {what}", flush=True)
 
 
 def model_only_figures(model_config: Path, args: argparse.Namespace) -> dict:
