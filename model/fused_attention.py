@@ -7,7 +7,7 @@ transformers' ``SamVisionAttention`` (and its SDPA subclass) scores a query at (
 where Rh, Rw are its per-axis embedding tables resized to the window. It materialises the last two terms as a
 B x heads x N x N bias (N = 4096 tokens in SAM-B's global layers at 1024 px) and adds it outside the attention
 kernel; in bf16 eager most of SAM ViT's time goes to that element-wise work. Here the terms stay two small
-per-query tables, ``rel_h``: B x heads x N x H and ``rel_w``: B x heads x N x W, and one of three kernels adds
+per-query tables, ``rel_h``: B x heads x N x H and ``rel_w``: B x heads x N x W, and one of four kernels adds
 them to the scores:
 
 - 'channels' (the default off a GPU): the tables become extra query channels, met by one-hot key channels,

@@ -96,7 +96,8 @@ print("tt.dot" in str(module))
 def test_kernel_builds_for_an_h200_whichever_float_type_the_scale_arrives_as(scale_type):
     """torch.compile's inductor passes the Python float ``scale`` as float64 where eager Triton passes float32: the
     kernel must build either way (a float64 scale once made its running maximum float64 and the build fail). Built
-    in a child process: the interpreter this module's other tests may run in has no compiler."""
+    in a child process without TRITON_INTERPRET, which this module's other tests may run under and which builds
+    nothing."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     built = subprocess.run(
         [sys.executable, "-c", BUILD_FOR_H200, scale_type], env=env, capture_output=True, text=True, timeout=300
